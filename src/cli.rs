@@ -1,0 +1,158 @@
+//! The command line: `serve` (the default) and the `mapping` tools.
+//!
+//! `main.rs` calls [`main`]; everything here returns an exit code instead of
+//! exiting, so the order is explicit: load and validate the config, open the data
+//! dir, and only then bind ports.
+
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Config, ENV_CONFIG_PATH};
+use crate::registry::Registry;
+use crate::store::Store;
+use crate::{mapping, App, Listeners};
+
+/// Exit code for a configuration problem (EX_USAGE).
+pub const EXIT_CONFIG: u8 = 64;
+/// Exit code for a runtime failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "whatsapp-router", version, about = "Routes one WhatsApp number's webhooks to many tenants.")]
+struct Cli {
+    /// TOML config file; without it the embedded default is used.
+    #[arg(long, global = true, env = ENV_CONFIG_PATH)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the router (the default).
+    Serve,
+    /// Import or export the sender -> tenant mapping.
+    #[command(subcommand)]
+    Mapping(MappingCommand),
+}
+
+#[derive(Subcommand)]
+enum MappingCommand {
+    /// Import a `{"phone": tenant_id}` JSON file; existing locks win.
+    Import { file: PathBuf },
+    /// Export every lock as `{"phone": tenant_id}` JSON (to stdout without FILE).
+    Export { file: Option<PathBuf> },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("whatsapp-router: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(config),
+        Command::Mapping(MappingCommand::Import { file }) => import(config, file),
+        Command::Mapping(MappingCommand::Export { file }) => export(config, file),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("whatsapp-router: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).try_init();
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn serve(config: Config) -> Result<(), BoxError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let app = App::open(config)?;
+        for path in &app.secrets.generated {
+            eprintln!("whatsapp-router: generated a new secret in {}", path.display());
+        }
+        let listeners = Listeners::bind(&app.config).await?;
+        tracing::info!(
+            listen = %listeners.http.local_addr()?,
+            metrics = ?listeners.metrics.as_ref().map(|l| l.local_addr()).transpose()?,
+            data_dir = %app.config.data_dir.display(),
+            tenants = app.registry.len(),
+            webhook_auth = auth_summary(&app),
+            "whatsapp-router started"
+        );
+        crate::serve(app, listeners, shutdown_signal()).await?;
+        Ok(())
+    })
+}
+
+fn auth_summary(app: &App) -> &'static str {
+    match (app.secrets.waha_api_key.is_some(), app.secrets.waha_hmac_key.is_some()) {
+        (true, true) => "api_key+hmac",
+        (true, false) => "api_key",
+        (false, true) => "hmac",
+        (false, false) => "NONE (allow_unauthenticated)",
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+        "SIGTERM"
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<&str>();
+    let signal = tokio::select! { s = ctrl_c => s, s = terminate => s };
+    tracing::info!(signal, "shutdown requested");
+}
+
+fn open_store(config: &Config) -> Result<(Store, Registry), BoxError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let store = Store::open(&config.data_dir.join("db"))?;
+    let registry = Registry::load(&store, config)?;
+    Ok((store, registry))
+}
+
+fn import(config: Config, file: PathBuf) -> Result<(), BoxError> {
+    let (store, registry) = open_store(&config)?;
+    let reader = BufReader::with_capacity(1 << 20, File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?);
+    let report = mapping::import(reader, &store, &registry)?;
+    println!("{report}");
+    Ok(())
+}
+
+fn export(config: Config, file: Option<PathBuf>) -> Result<(), BoxError> {
+    let (store, _) = open_store(&config)?;
+    let count = match file {
+        Some(path) => mapping::export(&store, BufWriter::with_capacity(1 << 20, File::create(&path)?))?,
+        None => mapping::export(&store, BufWriter::new(io::stdout().lock()))?,
+    };
+    eprintln!("exported {count} locks");
+    Ok(())
+}

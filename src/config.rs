@@ -1,0 +1,454 @@
+//! Configuration: the TOML schema, environment overrides, and validation.
+//!
+//! Loaded and validated completely before any port is bound: a bad value exits
+//! the process with a message naming the key. The embedded default
+//! (`config.default.toml`) is used when no file is given; environment variables
+//! `WHATSAPP_ROUTER_<KEY>` (sections joined with `__`) override either.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use http::Uri;
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use crate::route::TenantId;
+
+/// The configuration used when no file is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config.default.toml");
+/// Prefix of the environment variables that override keys.
+pub const ENV_PREFIX: &str = "WHATSAPP_ROUTER_";
+/// Environment variable naming the config file (same as `--config`); not a key.
+pub const ENV_CONFIG_PATH: &str = "WHATSAPP_ROUTER_CONFIG";
+/// A secret set to this value is generated on first start and kept in the data dir.
+pub const GENERATE: &str = "generate";
+/// Webhook bodies larger than this are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// A configuration problem, naming the key it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("config key `{key}`: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl fmt::Display) -> ConfigError {
+        ConfigError { key: key.into(), message: message.to_string() }
+    }
+}
+
+/// The validated configuration. Build it with [`Config::load`] or [`Config::from_toml`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// Where `GET /metrics` is served; `None` turns the listener off.
+    pub metrics_listen: Option<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub gateway_phone: String,
+    pub deep_link_prefix: String,
+    /// How long a graceful shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    pub waha: WahaConfig,
+    pub admin: AdminConfig,
+    pub forward: ForwardConfig,
+    pub tenants: Vec<TenantConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct WahaConfig {
+    pub api_key: Option<SecretSetting>,
+    pub hmac_key: Option<SecretSetting>,
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub jwt_secret: SecretSetting,
+}
+
+#[derive(Clone, Debug)]
+pub struct ForwardConfig {
+    pub url_template: String,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub pool_max_idle_per_host: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantConfig {
+    pub id: TenantId,
+    pub name: String,
+    /// Overrides `forward.url_template` for this tenant.
+    pub url: Option<String>,
+}
+
+/// A secret as configured: a value, or "make one and keep it in the data dir".
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretSetting {
+    Value(String),
+    Generate,
+}
+
+impl fmt::Debug for SecretSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretSetting::Value(_) => f.write_str("Value(<redacted>)"),
+            SecretSetting::Generate => f.write_str("Generate"),
+        }
+    }
+}
+
+impl Config {
+    /// Loads `path` (or the embedded default), applies `env` overrides and validates.
+    pub fn load(path: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
+        let text = match path {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| ConfigError::new("--config", format!("cannot read {}: {e}", path.display())))?,
+            None => EMBEDDED_DEFAULT.to_owned(),
+        };
+        let mut table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::new(error_key(&e), e.message()))?;
+        apply_env(&mut table, env)?;
+        Config::from_table(table)
+    }
+
+    /// Parses and validates a TOML document, without environment overrides.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let table: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| ConfigError::new(error_key(&e), e.message()))?;
+        Config::from_table(table)
+    }
+
+    fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+        let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // serde reports a missing field at its parent's path; name the field.
+            let missing = message.strip_prefix("missing field `").and_then(|m| m.split('`').next());
+            let key = match (path.as_str(), missing) {
+                (".", Some(field)) => field.to_owned(),
+                (_, Some(field)) => format!("{path}.{field}"),
+                _ => path,
+            };
+            ConfigError::new(key, message)
+        })?;
+        raw.validate()
+    }
+
+    /// The URL a tenant's messages are forwarded to.
+    pub fn tenant_url(&self, tenant: &TenantConfig) -> String {
+        tenant_url(&self.forward.url_template, tenant.id, tenant.url.as_deref())
+    }
+}
+
+/// A tenant's forward URL: its own, or the template with `{tenant_id}` filled in.
+pub fn tenant_url(template: &str, id: TenantId, own: Option<&str>) -> String {
+    match own {
+        Some(url) => url.to_owned(),
+        None => template.replace("{tenant_id}", &id.to_string()),
+    }
+}
+
+/// Checks that `url` can be forwarded to: absolute http(s) with a host.
+pub fn parse_forward_url(url: &str) -> Result<Uri, String> {
+    let uri: Uri = url.parse().map_err(|e| format!("`{url}` is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("`{url}` must start with http:// or https://")),
+    }
+    if uri.authority().is_none() {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok(uri)
+}
+
+fn error_key(e: &toml::de::Error) -> String {
+    e.span().map_or_else(|| "<file>".to_owned(), |s| format!("<file> at byte {}", s.start))
+}
+
+/// Applies `WHATSAPP_ROUTER_*` variables: `WHATSAPP_ROUTER_FORWARD__TIMEOUT_MS=2000`
+/// sets `forward.timeout_ms`. A value that starts with `[` or `{` is read as TOML
+/// (so `WHATSAPP_ROUTER_TENANTS='[{id=2,name="A"}]'` works); anything else is a
+/// string, which numeric and boolean keys parse.
+fn apply_env(table: &mut toml::Table, env: impl IntoIterator<Item = (String, String)>) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX) && k != ENV_CONFIG_PATH).collect();
+    vars.sort();
+    for (name, raw) in vars {
+        let path: Vec<String> = name[ENV_PREFIX.len()..].to_ascii_lowercase().split("__").map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::new(&name, "malformed variable name"));
+        }
+        let value = if raw.trim_start().starts_with(['[', '{']) {
+            let doc: toml::Table =
+                format!("v = {raw}").parse().map_err(|e: toml::de::Error| ConfigError::new(&name, e.message()))?;
+            doc.get("v").cloned().unwrap_or(toml::Value::String(raw))
+        } else {
+            toml::Value::String(raw)
+        };
+        let (last, sections) = path.split_last().expect("split yields at least one part");
+        let mut node = &mut *table;
+        for section in sections {
+            let entry = node.entry(section.clone()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node =
+                entry.as_table_mut().ok_or_else(|| ConfigError::new(&name, format!("`{section}` is not a section")))?;
+        }
+        node.insert(last.clone(), value);
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default = "default_listen", deserialize_with = "flex_string")]
+    listen: String,
+    #[serde(default = "default_metrics_listen", deserialize_with = "flex_string")]
+    metrics_listen: String,
+    #[serde(default = "default_data_dir", deserialize_with = "flex_string")]
+    data_dir: String,
+    #[serde(deserialize_with = "flex_string")]
+    gateway_phone: String,
+    #[serde(default = "default_prefix", deserialize_with = "flex_string")]
+    deep_link_prefix: String,
+    #[serde(default = "default_drain_ms", deserialize_with = "flex_num")]
+    drain_timeout_ms: u64,
+    #[serde(default)]
+    waha: RawWaha,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    forward: RawForward,
+    #[serde(default)]
+    tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWaha {
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    api_key: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    hmac_key: Option<String>,
+    #[serde(default, deserialize_with = "flex_bool")]
+    allow_unauthenticated: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    jwt_secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    #[serde(default = "default_template", deserialize_with = "flex_string")]
+    url_template: String,
+    #[serde(default = "default_timeout_ms", deserialize_with = "flex_num")]
+    timeout_ms: u64,
+    #[serde(default = "default_connect_timeout_ms", deserialize_with = "flex_num")]
+    connect_timeout_ms: u64,
+    #[serde(default = "default_pool_idle", deserialize_with = "flex_num")]
+    pool_max_idle_per_host: usize,
+}
+
+impl Default for RawForward {
+    fn default() -> Self {
+        RawForward {
+            url_template: default_template(),
+            timeout_ms: default_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            pool_max_idle_per_host: default_pool_idle(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    #[serde(deserialize_with = "flex_num")]
+    id: TenantId,
+    #[serde(deserialize_with = "flex_string")]
+    name: String,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    url: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8000".into()
+}
+fn default_metrics_listen() -> String {
+    "127.0.0.1:9464".into()
+}
+fn default_data_dir() -> String {
+    "data".into()
+}
+fn default_prefix() -> String {
+    "start_realty_".into()
+}
+fn default_drain_ms() -> u64 {
+    10_000
+}
+fn default_template() -> String {
+    "http://127.0.0.1:9000/tenants/{tenant_id}/whatsapp".into()
+}
+fn default_timeout_ms() -> u64 {
+    5_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    1_000
+}
+fn default_pool_idle() -> usize {
+    256
+}
+
+fn secret(key: &str, value: Option<String>) -> Result<Option<SecretSetting>, ConfigError> {
+    match value {
+        None => Ok(None),
+        Some(v) if v == GENERATE => Ok(Some(SecretSetting::Generate)),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) if v.len() < 16 => Err(ConfigError::new(key, "secrets must be at least 16 characters")),
+        Some(v) => Ok(Some(SecretSetting::Value(v))),
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let listen: SocketAddr = self
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::new("listen", format!("`{}` is not an address:port", self.listen)))?;
+        let metrics_listen = match self.metrics_listen.as_str() {
+            "" | "off" => None,
+            addr => Some(addr.parse().map_err(|_| {
+                ConfigError::new("metrics_listen", format!("`{addr}` is not an address:port (or \"off\")"))
+            })?),
+        };
+        if self.data_dir.is_empty() {
+            return Err(ConfigError::new("data_dir", "must not be empty"));
+        }
+        let phone = &self.gateway_phone;
+        if phone.is_empty() || phone.len() > 15 || !phone.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(ConfigError::new("gateway_phone", format!("`{phone}` must be 1 to 15 digits, no `+`")));
+        }
+        let prefix = &self.deep_link_prefix;
+        if prefix.is_empty()
+            || !prefix.is_ascii()
+            || prefix.bytes().any(|b| b.is_ascii_whitespace() || b.is_ascii_control())
+        {
+            return Err(ConfigError::new("deep_link_prefix", "must be non-empty ASCII without spaces"));
+        }
+        if prefix.ends_with(|c: char| c.is_ascii_digit()) {
+            return Err(ConfigError::new("deep_link_prefix", "must not end with a digit (the tenant id follows it)"));
+        }
+        let waha = WahaConfig {
+            api_key: secret("waha.api_key", self.waha.api_key)?,
+            hmac_key: secret("waha.hmac_key", self.waha.hmac_key)?,
+            allow_unauthenticated: self.waha.allow_unauthenticated,
+        };
+        if waha.api_key.is_none() && waha.hmac_key.is_none() && !waha.allow_unauthenticated {
+            return Err(ConfigError::new(
+                "waha.api_key",
+                "webhooks would be unauthenticated: set waha.api_key or waha.hmac_key \
+                 (\"generate\" makes one), or waha.allow_unauthenticated = true",
+            ));
+        }
+        let admin = AdminConfig {
+            jwt_secret: secret("admin.jwt_secret", self.admin.jwt_secret)?.unwrap_or(SecretSetting::Generate),
+        };
+        let f = self.forward;
+        if !f.url_template.contains("{tenant_id}") {
+            return Err(ConfigError::new("forward.url_template", "must contain `{tenant_id}`"));
+        }
+        parse_forward_url(&tenant_url(&f.url_template, 1, None))
+            .map_err(|e| ConfigError::new("forward.url_template", e))?;
+        if f.timeout_ms == 0 {
+            return Err(ConfigError::new("forward.timeout_ms", "must be greater than 0"));
+        }
+        if f.connect_timeout_ms == 0 {
+            return Err(ConfigError::new("forward.connect_timeout_ms", "must be greater than 0"));
+        }
+        let forward = ForwardConfig {
+            url_template: f.url_template,
+            timeout: Duration::from_millis(f.timeout_ms),
+            connect_timeout: Duration::from_millis(f.connect_timeout_ms),
+            pool_max_idle_per_host: f.pool_max_idle_per_host,
+        };
+        let mut seen = HashSet::new();
+        let mut tenants = Vec::with_capacity(self.tenants.len());
+        for (i, t) in self.tenants.into_iter().enumerate() {
+            if t.id == 0 {
+                return Err(ConfigError::new(format!("tenants[{i}].id"), "must be greater than 0"));
+            }
+            if !seen.insert(t.id) {
+                return Err(ConfigError::new(format!("tenants[{i}].id"), format!("tenant {} is listed twice", t.id)));
+            }
+            if let Some(url) = &t.url {
+                parse_forward_url(url).map_err(|e| ConfigError::new(format!("tenants[{i}].url"), e))?;
+            }
+            tenants.push(TenantConfig { id: t.id, name: t.name, url: t.url });
+        }
+        Ok(Config {
+            listen,
+            metrics_listen,
+            data_dir: PathBuf::from(self.data_dir),
+            gateway_phone: self.gateway_phone,
+            deep_link_prefix: self.deep_link_prefix,
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            waha,
+            admin,
+            forward,
+            tenants,
+        })
+    }
+}
+
+/// A string key; also accepts a TOML number or boolean (written without quotes).
+fn flex_string<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        other => Err(de::Error::custom(format!("expected a string, found {}", other.type_str()))),
+    }
+}
+
+fn flex_opt_string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    flex_string(d).map(Some)
+}
+
+/// A numeric key; also accepts a string of digits (environment variables are strings).
+fn flex_num<'de, D: Deserializer<'de>, T>(d: D) -> Result<T, D::Error>
+where
+    T: FromStr + TryFrom<i64>,
+{
+    match toml::Value::deserialize(d)? {
+        toml::Value::Integer(i) => T::try_from(i).map_err(|_| de::Error::custom(format!("{i} is out of range"))),
+        toml::Value::String(s) => {
+            s.trim().parse().map_err(|_| de::Error::custom(format!("`{s}` is not a valid number")))
+        }
+        other => Err(de::Error::custom(format!("expected a number, found {}", other.type_str()))),
+    }
+}
+
+/// A boolean key; also accepts the strings `true` and `false`.
+fn flex_bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Boolean(b) => Ok(b),
+        toml::Value::String(s) if s == "true" => Ok(true),
+        toml::Value::String(s) if s == "false" => Ok(false),
+        other => Err(de::Error::custom(format!("expected true or false, found `{other}`"))),
+    }
+}
+
+#[cfg(test)]
+#[path = "config_tests.rs"]
+mod tests;

@@ -1,0 +1,80 @@
+//! HTTP-facing errors, and the one place they become status codes.
+//!
+//! Internal modules keep their own small error enums (`StoreError`,
+//! `ForwardError`, `ParseError`); handlers convert them into [`ApiError`], and
+//! [`ApiError::into_response`] decides the status. Bodies are JSON with a
+//! message that says what to fix; storage details go to the log, not the caller.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::json;
+
+use crate::forward::ForwardError;
+use crate::route::TenantId;
+use crate::store::StoreError;
+use crate::webhook::ParseError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or wrong credentials")]
+    Unauthorized,
+    #[error("body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("no such endpoint")]
+    NotFound,
+    #[error("method not allowed")]
+    MethodNotAllowed(&'static str),
+    /// Storage failed: WAHA should retry later.
+    #[error("storage unavailable, retry later")]
+    Store(#[from] StoreError),
+    /// The tenant backend failed: WAHA should retry (until the delivery queue exists).
+    #[error("forward to tenant {tenant} failed: {source}")]
+    Forward { tenant: TenantId, source: ForwardError },
+}
+
+impl From<ParseError> for ApiError {
+    fn from(e: ParseError) -> ApiError {
+        ApiError::BadRequest(e.to_string())
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let status = self.status();
+        if let ApiError::Store(e) = &self {
+            tracing::error!(error = %e, "storage error");
+        }
+        let mut body = json!({"status": "error", "error": self.to_string()});
+        if let ApiError::Forward { tenant, .. } = &self {
+            body["tenant_id"] = json!(tenant);
+        }
+        let mut resp = json_response(status, &body);
+        if let ApiError::MethodNotAllowed(allow) = self {
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        resp
+    }
+}
+
+/// A JSON response with the given status.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
