@@ -315,7 +315,7 @@ fn secret(key: &str, value: Option<String>) -> Result<Option<SecretSetting>, Con
         None => Ok(None),
         Some(v) if v == GENERATE => Ok(Some(SecretSetting::Generate)),
         Some(v) if v.is_empty() => Ok(None),
-        Some(v) if v.len() < 16 => Err(ConfigError::new(key, "secrets must be at least 16 characters")),
+        Some(v) if v.len() < 12 => Err(ConfigError::new(key, "secrets must be at least 12 characters")),
         Some(v) => Ok(Some(SecretSetting::Value(v))),
     }
 }

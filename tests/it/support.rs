@@ -1,0 +1,316 @@
+//! Test harness: a tenant backend that records what it receives, a router
+//! started in-process on port 0 (or as the real binary), and an HTTP client.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use whatsapp_router::{Config, Listeners};
+
+pub const API_KEY: &str = "test-api-key-0123456789";
+pub const HMAC_KEY: &str = "test_hmac_key_long_enough";
+
+/// A fixture body, byte for byte.
+pub fn fixture(path: &str) -> Bytes {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fixtures").join(path);
+    Bytes::from(std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display())))
+}
+
+/// A WAHA `message` body from `from` with `body` as text.
+pub fn message(from: &str, text: &str) -> Bytes {
+    let body = serde_json::json!({
+        "id": "evt_01test", "event": "message", "session": "default",
+        "payload": {"id": format!("false_{from}_KEY{}", next_id()), "from": from, "fromMe": false, "body": text}
+    });
+    Bytes::from(body.to_string())
+}
+
+fn next_id() -> u64 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// One request as a tenant backend saw it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+    /// The tenant id from `/tenants/{id}/whatsapp`.
+    pub fn tenant(&self) -> u32 {
+        self.path.split('/').nth(2).and_then(|s| s.parse().ok()).expect("tenant path")
+    }
+}
+
+/// A tenant backend: answers every POST with `status` after `delay_ms`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub received: Arc<Mutex<Vec<Received>>>,
+    pub status: Arc<AtomicU16>,
+    pub delay_ms: Arc<AtomicU64>,
+    _task: JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start() -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(AtomicU16::new(200));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let (r, s, d) = (received.clone(), status.clone(), delay_ms.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let (r, s, d) = (r.clone(), s.clone(), d.clone());
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (r, s, d) = (r.clone(), s.clone(), d.clone());
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let delay = d.load(Ordering::SeqCst);
+                            if delay > 0 {
+                                tokio::time::sleep(Duration::from_millis(delay)).await;
+                            }
+                            let code = s.load(Ordering::SeqCst);
+                            if (200..300).contains(&code) {
+                                r.lock().unwrap().push(Received {
+                                    path: parts.uri.path().to_owned(),
+                                    headers: parts.headers,
+                                    body,
+                                });
+                            }
+                            let mut resp = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
+                    });
+                    let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                });
+            }
+        });
+        Backend { addr, received, status, delay_ms, _task: task }
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    pub fn url_template(&self) -> String {
+        format!("http://{}/tenants/{{tenant_id}}/whatsapp", self.addr)
+    }
+}
+
+/// Router settings a test can change.
+pub struct Setup {
+    pub tenants: std::ops::RangeInclusive<u32>,
+    pub url_template: String,
+    pub extra_waha: String,
+    pub extra_top: String,
+}
+
+impl Setup {
+    pub fn new(backend: &Backend) -> Setup {
+        Setup {
+            tenants: 1..=3,
+            url_template: backend.url_template(),
+            extra_waha: String::new(),
+            extra_top: String::new(),
+        }
+    }
+
+    pub fn toml(&self, data_dir: &Path) -> String {
+        let mut text = format!(
+            "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ngateway_phone = \"971557357753\"\ndrain_timeout_ms = 2000\n{}\n\
+             [waha]\napi_key = \"{API_KEY}\"\n{}\n[forward]\nurl_template = \"{}\"\ntimeout_ms = 2000\n",
+            data_dir.display(),
+            self.extra_top,
+            self.extra_waha,
+            self.url_template
+        );
+        for id in self.tenants.clone() {
+            text.push_str(&format!("[[tenants]]\nid = {id}\nname = \"Tenant {id}\"\n"));
+        }
+        text
+    }
+}
+
+/// A router running in this process on port 0.
+pub struct Router {
+    pub addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), whatsapp_router::StartError>>>,
+}
+
+impl Router {
+    pub async fn start(setup: &Setup, data_dir: &Path) -> Router {
+        let config = Config::from_toml(&setup.toml(data_dir)).expect("test config is valid");
+        let listeners = Listeners::bind(&config).await.unwrap();
+        let addr = listeners.http.local_addr().unwrap();
+        let metrics_addr = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(whatsapp_router::run(config, listeners, async {
+            let _ = stopped.await;
+        }));
+        Router { addr, metrics_addr, stop: Some(stop), task: Some(task) }
+    }
+
+    /// Graceful stop; returns once the store is closed.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap().unwrap();
+    }
+
+    pub async fn webhook(&self, body: Bytes) -> (StatusCode, serde_json::Value) {
+        self.post("/api/gateway/waha", body, &[("x-api-key", API_KEY)]).await
+    }
+
+    pub async fn post(&self, path: &str, body: Bytes, headers: &[(&str, &str)]) -> (StatusCode, serde_json::Value) {
+        send(self.addr, "POST", path, body, headers).await
+    }
+
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        let (_, text) = get_text(self.metrics_addr, "/metrics").await;
+        metric_value(&text, name_and_labels)
+    }
+}
+
+/// The value of one sample line in Prometheus text, 0 if absent.
+pub fn metric_value(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name_and_labels).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub async fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    headers: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value) {
+    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(Full::new(body)).unwrap()).await.expect("router answers");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+    (status, json)
+}
+
+pub async fn get_text(addr: SocketAddr, path: &str) -> (StatusCode, String) {
+    let req = Request::get(format!("http://{addr}{path}")).body(Full::new(Bytes::new())).unwrap();
+    let resp = client().request(req).await.expect("server answers");
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The real binary, for what only a process can show: exit codes, signals, SIGKILL.
+pub struct Process {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+pub fn binary() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_whatsapp-router"));
+    cmd.env_remove("WHATSAPP_ROUTER_CONFIG").env("RUST_LOG", "info");
+    cmd
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Process {
+    /// Starts `whatsapp-router serve --config <file>` with the setup's config on a
+    /// fixed free port, and waits for `/readyz`.
+    pub async fn start(setup: &Setup, data_dir: &Path) -> Process {
+        let port = free_port();
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, setup.toml(data_dir)).unwrap();
+        let child = binary()
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("WHATSAPP_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("WHATSAPP_ROUTER_METRICS_LISTEN", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        wait_ready(addr).await;
+        Process { child, addr }
+    }
+
+    pub async fn webhook(&self, body: Bytes) -> (StatusCode, serde_json::Value) {
+        send(self.addr, "POST", "/api/gateway/waha", body, &[("x-api-key", API_KEY)]).await
+    }
+
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args(["-s", signal, &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+    }
+
+    pub async fn wait_exit(mut self) -> std::process::ExitStatus {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = self.child.kill();
+        panic!("router did not exit within 10 s");
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub async fn wait_ready(addr: SocketAddr) {
+    for _ in 0..200 {
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
+        {
+            let (status, _) = get_text(addr, "/readyz").await;
+            if status == StatusCode::OK {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("router at {addr} not ready within 10 s");
+}
