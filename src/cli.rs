@@ -134,8 +134,9 @@ pub async fn shutdown_signal() {
 
 fn open_store(config: &Config) -> Result<(Store, Registry), BoxError> {
     std::fs::create_dir_all(&config.data_dir)?;
+    let secrets = crate::secrets::resolve(config)?;
     let store = Store::open(&config.data_dir.join("db"))?;
-    let registry = Registry::load(&store, config)?;
+    let registry = Registry::load(&store, config, secrets.signing_secret.expose())?;
     Ok((store, registry))
 }
 

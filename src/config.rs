@@ -16,6 +16,8 @@ use http::Uri;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::delivery::schedule::RetryPolicy;
+use crate::delivery::sign::SigningKey;
 use crate::route::TenantId;
 
 /// The configuration used when no file is given.
@@ -57,7 +59,24 @@ pub struct Config {
     pub waha: WahaConfig,
     pub admin: AdminConfig,
     pub forward: ForwardConfig,
+    pub delivery: DeliveryConfig,
     pub tenants: Vec<TenantConfig>,
+}
+
+/// The durable delivery queue (`[delivery]`).
+#[derive(Clone, Debug)]
+pub struct DeliveryConfig {
+    pub retry: RetryPolicy,
+    /// How long WAHA's request may wait for the tenant before the message is parked.
+    pub inline_timeout: Duration,
+    /// Consecutive failures that open a tenant's circuit breaker.
+    pub breaker_failures: u32,
+    /// How long an open breaker waits before letting one trial through.
+    pub breaker_open: Duration,
+    /// Deliveries in flight to one tenant at once (inline and from the queue).
+    pub max_in_flight_per_tenant: usize,
+    pub dedupe_window: Duration,
+    pub dedupe_max_entries: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -75,6 +94,10 @@ pub struct AdminConfig {
 #[derive(Clone, Debug)]
 pub struct ForwardConfig {
     pub url_template: String,
+    /// The global Standard Webhooks secret (`whsec_...`), for tenants without their own.
+    pub signing_secret: SecretSetting,
+    /// The secret being rotated out: forwards carry a signature for both.
+    pub previous_signing_secret: Option<String>,
     pub timeout: Duration,
     pub connect_timeout: Duration,
     pub pool_max_idle_per_host: usize,
@@ -86,6 +109,8 @@ pub struct TenantConfig {
     pub name: String,
     /// Overrides `forward.url_template` for this tenant.
     pub url: Option<String>,
+    /// The tenant's own signing secret(s), newest first; empty uses the global one.
+    pub signing_secrets: Vec<String>,
 }
 
 /// A secret as configured: a value, or "make one and keep it in the data dir".
@@ -226,7 +251,49 @@ struct RawConfig {
     #[serde(default)]
     forward: RawForward,
     #[serde(default)]
+    delivery: RawDelivery,
+    #[serde(default)]
     tenants: Vec<RawTenant>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDelivery {
+    #[serde(deserialize_with = "flex_num_list")]
+    retry_schedule_s: Vec<u64>,
+    #[serde(deserialize_with = "flex_num")]
+    max_age_s: u64,
+    #[serde(deserialize_with = "flex_num")]
+    jitter_percent: u64,
+    #[serde(deserialize_with = "flex_num")]
+    inline_timeout_ms: u64,
+    #[serde(deserialize_with = "flex_num")]
+    breaker_failures: u32,
+    #[serde(deserialize_with = "flex_num")]
+    breaker_open_ms: u64,
+    #[serde(deserialize_with = "flex_num")]
+    max_in_flight_per_tenant: usize,
+    #[serde(deserialize_with = "flex_num")]
+    dedupe_window_s: u64,
+    #[serde(deserialize_with = "flex_num")]
+    dedupe_max_entries: usize,
+}
+
+impl Default for RawDelivery {
+    fn default() -> Self {
+        let standard = RetryPolicy::standard();
+        RawDelivery {
+            retry_schedule_s: standard.schedule.iter().map(Duration::as_secs).collect(),
+            max_age_s: standard.max_age.as_secs(),
+            jitter_percent: 20,
+            inline_timeout_ms: 2_000,
+            breaker_failures: 5,
+            breaker_open_ms: 30_000,
+            max_in_flight_per_tenant: 32,
+            dedupe_window_s: 24 * 3600,
+            dedupe_max_entries: 1_000_000,
+        }
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -258,6 +325,10 @@ struct RawForward {
     connect_timeout_ms: u64,
     #[serde(default = "default_pool_idle", deserialize_with = "flex_num")]
     pool_max_idle_per_host: usize,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    signing_secret: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    previous_signing_secret: Option<String>,
 }
 
 impl Default for RawForward {
@@ -267,6 +338,8 @@ impl Default for RawForward {
             timeout_ms: default_timeout_ms(),
             connect_timeout_ms: default_connect_timeout_ms(),
             pool_max_idle_per_host: default_pool_idle(),
+            signing_secret: None,
+            previous_signing_secret: None,
         }
     }
 }
@@ -280,6 +353,10 @@ struct RawTenant {
     name: String,
     #[serde(default, deserialize_with = "flex_opt_string")]
     url: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    signing_secret: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    previous_signing_secret: Option<String>,
 }
 
 fn default_listen() -> String {
@@ -376,8 +453,20 @@ impl RawConfig {
         if f.connect_timeout_ms == 0 {
             return Err(ConfigError::new("forward.connect_timeout_ms", "must be greater than 0"));
         }
+        let signing_secret = match f.signing_secret.as_deref() {
+            None | Some(GENERATE) => SecretSetting::Generate,
+            Some(v) => {
+                SigningKey::parse(v).map_err(|e| ConfigError::new("forward.signing_secret", e))?;
+                SecretSetting::Value(v.to_owned())
+            }
+        };
+        if let Some(v) = &f.previous_signing_secret {
+            SigningKey::parse(v).map_err(|e| ConfigError::new("forward.previous_signing_secret", e))?;
+        }
         let forward = ForwardConfig {
             url_template: f.url_template,
+            signing_secret,
+            previous_signing_secret: f.previous_signing_secret,
             timeout: Duration::from_millis(f.timeout_ms),
             connect_timeout: Duration::from_millis(f.connect_timeout_ms),
             pool_max_idle_per_host: f.pool_max_idle_per_host,
@@ -394,8 +483,18 @@ impl RawConfig {
             if let Some(url) = &t.url {
                 parse_forward_url(url).map_err(|e| ConfigError::new(format!("tenants[{i}].url"), e))?;
             }
-            tenants.push(TenantConfig { id: t.id, name: t.name, url: t.url });
+            let mut signing_secrets = Vec::new();
+            for (field, value) in
+                [("signing_secret", t.signing_secret), ("previous_signing_secret", t.previous_signing_secret)]
+            {
+                if let Some(v) = value {
+                    SigningKey::parse(&v).map_err(|e| ConfigError::new(format!("tenants[{i}].{field}"), e))?;
+                    signing_secrets.push(v);
+                }
+            }
+            tenants.push(TenantConfig { id: t.id, name: t.name, url: t.url, signing_secrets });
         }
+        let delivery = self.delivery.validate()?;
         Ok(Config {
             listen,
             metrics_listen,
@@ -406,8 +505,64 @@ impl RawConfig {
             waha,
             admin,
             forward,
+            delivery,
             tenants,
         })
+    }
+}
+
+impl RawDelivery {
+    fn validate(self) -> Result<DeliveryConfig, ConfigError> {
+        if self.retry_schedule_s.is_empty() || self.retry_schedule_s.contains(&0) {
+            return Err(ConfigError::new("delivery.retry_schedule_s", "must list at least one delay, each > 0 s"));
+        }
+        if self.jitter_percent > 100 {
+            return Err(ConfigError::new("delivery.jitter_percent", "must be 0 to 100"));
+        }
+        for (key, value) in [
+            ("delivery.max_age_s", self.max_age_s),
+            ("delivery.inline_timeout_ms", self.inline_timeout_ms),
+            ("delivery.breaker_failures", u64::from(self.breaker_failures)),
+            ("delivery.breaker_open_ms", self.breaker_open_ms),
+            ("delivery.max_in_flight_per_tenant", self.max_in_flight_per_tenant as u64),
+            ("delivery.dedupe_window_s", self.dedupe_window_s),
+            ("delivery.dedupe_max_entries", self.dedupe_max_entries as u64),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
+        Ok(DeliveryConfig {
+            retry: RetryPolicy {
+                schedule: self.retry_schedule_s.into_iter().map(Duration::from_secs).collect(),
+                max_age: Duration::from_secs(self.max_age_s),
+                jitter: self.jitter_percent as f64 / 100.0,
+            },
+            inline_timeout: Duration::from_millis(self.inline_timeout_ms),
+            breaker_failures: self.breaker_failures,
+            breaker_open: Duration::from_millis(self.breaker_open_ms),
+            max_in_flight_per_tenant: self.max_in_flight_per_tenant,
+            dedupe_window: Duration::from_secs(self.dedupe_window_s),
+            dedupe_max_entries: self.dedupe_max_entries,
+        })
+    }
+}
+
+/// A list of numbers; also accepts `"5, 30, 120"` (environment variables are strings).
+fn flex_num_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u64>, D::Error> {
+    match toml::Value::deserialize(d)? {
+        toml::Value::Array(items) => items
+            .into_iter()
+            .map(|v| match v {
+                toml::Value::Integer(i) if i >= 0 => Ok(i as u64),
+                other => Err(de::Error::custom(format!("expected a non-negative number, found `{other}`"))),
+            })
+            .collect(),
+        toml::Value::String(s) => s
+            .split(',')
+            .map(|part| part.trim().parse().map_err(|_| de::Error::custom(format!("`{part}` is not a number"))))
+            .collect(),
+        other => Err(de::Error::custom(format!("expected a list of numbers, found {}", other.type_str()))),
     }
 }
 

@@ -10,8 +10,7 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde_json::json;
 
-use crate::forward::ForwardError;
-use crate::route::TenantId;
+use crate::delivery::DeliveryError;
 use crate::store::StoreError;
 use crate::webhook::ParseError;
 
@@ -25,14 +24,27 @@ pub enum ApiError {
     BadRequest(String),
     #[error("no such endpoint")]
     NotFound,
+    #[error("{0}")]
+    NotFoundMessage(String),
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
     /// Storage failed: WAHA should retry later.
     #[error("storage unavailable, retry later")]
     Store(#[from] StoreError),
-    /// The tenant backend failed: WAHA should retry (until the delivery queue exists).
-    #[error("forward to tenant {tenant} failed: {source}")]
-    Forward { tenant: TenantId, source: ForwardError },
+    /// The same message is being delivered by another request; WAHA retries.
+    #[error("the same message is being delivered right now; retry shortly")]
+    InProgress,
+    #[error("{0}")]
+    Forbidden(String),
+}
+
+impl From<DeliveryError> for ApiError {
+    fn from(e: DeliveryError) -> ApiError {
+        match e {
+            DeliveryError::InProgress => ApiError::InProgress,
+            DeliveryError::Store(e) => ApiError::Store(e),
+        }
+    }
 }
 
 impl From<ParseError> for ApiError {
@@ -47,10 +59,11 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
+            ApiError::InProgress => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -59,10 +72,7 @@ impl ApiError {
         if let ApiError::Store(e) = &self {
             tracing::error!(error = %e, "storage error");
         }
-        let mut body = json!({"status": "error", "error": self.to_string()});
-        if let ApiError::Forward { tenant, .. } = &self {
-            body["tenant_id"] = json!(tenant);
-        }
+        let body = json!({"status": "error", "error": self.to_string()});
         let mut resp = json_response(status, &body);
         if let ApiError::MethodNotAllowed(allow) = self {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));

@@ -5,7 +5,7 @@
 //! WAHA's HMAC themselves. Keep-alive, TCP_NODELAY, a connect timeout and a total
 //! timeout per request (connect + send + response + drain).
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
@@ -17,6 +17,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::ForwardConfig;
+use crate::delivery::schedule::parse_retry_after;
+use crate::delivery::sign;
 use crate::route::TenantId;
 use crate::sender::SenderKey;
 
@@ -28,10 +30,19 @@ pub const HEADER_SENDER: &str = "x-gateway-sender";
 pub const HEADER_NEW_SESSION: &str = "x-gateway-new-session";
 pub const HEADER_REQUEST_ID: &str = "x-webhook-request-id";
 
+/// Tenant answers kept for dead letters are cut to this many bytes.
+pub const KEPT_RESPONSE_BYTES: usize = 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
-    #[error("tenant answered {0}")]
-    Status(StatusCode),
+    #[error("tenant answered {status}")]
+    Status {
+        status: StatusCode,
+        /// `Retry-After`, parsed.
+        retry_after: Option<Duration>,
+        /// The first [`KEPT_RESPONSE_BYTES`] of the answer, for dead letters.
+        body: String,
+    },
     #[error("no answer within {0:?}")]
     Timeout(Duration),
     #[error("request failed: {0}")]
@@ -42,10 +53,30 @@ impl ForwardError {
     /// A short label for metrics.
     pub fn kind(&self) -> &'static str {
         match self {
-            ForwardError::Status(s) if s.is_client_error() => "status_4xx",
-            ForwardError::Status(_) => "status_5xx",
+            ForwardError::Status { status, .. } if status.is_client_error() => "status_4xx",
+            ForwardError::Status { .. } => "status_5xx",
             ForwardError::Timeout(_) => "timeout",
             ForwardError::Request(_) => "connect_error",
+        }
+    }
+
+    /// A 4xx other than 408 and 429 will fail the same way every time: the
+    /// message goes to the dead letters instead of being retried.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ForwardError::Status { status, .. } => {
+                status.is_client_error()
+                    && *status != StatusCode::REQUEST_TIMEOUT
+                    && *status != StatusCode::TOO_MANY_REQUESTS
+            }
+            _ => false,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ForwardError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -59,13 +90,18 @@ pub struct Outbound<'a> {
     /// True on the message that created the sender's lock.
     pub new_session: bool,
     /// WAHA's `X-Webhook-Request-Id`, passed through.
-    pub request_id: Option<&'a HeaderValue>,
+    pub request_id: Option<&'a str>,
+    /// Standard Webhooks headers: id, timestamp (s), signature list.
+    pub webhook_id: &'a str,
+    pub timestamp: u64,
+    pub signature: &'a str,
+    /// Total time allowed for this attempt.
+    pub timeout: Duration,
 }
 
 #[derive(Clone)]
 pub struct Forwarder {
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    timeout: Duration,
 }
 
 impl Forwarder {
@@ -86,7 +122,7 @@ impl Forwarder {
             .pool_idle_timeout(Duration::from_secs(30))
             .pool_max_idle_per_host(config.pool_max_idle_per_host)
             .build(https);
-        Forwarder { client, timeout: config.timeout }
+        Forwarder { client }
     }
 
     /// POSTs the message; a 2xx is success, anything else an error.
@@ -101,22 +137,31 @@ impl Forwarder {
         if let Some(id) = out.request_id {
             req = req.header(HEADER_REQUEST_ID, id);
         }
+        req = req
+            .header(sign::HEADER_ID, out.webhook_id)
+            .header(sign::HEADER_TIMESTAMP, out.timestamp)
+            .header(sign::HEADER_SIGNATURE, out.signature);
         let req = req.body(Full::new(out.body)).map_err(|e| ForwardError::Request(e.to_string()))?;
         let exchange = async {
             let resp = self.client.request(req).await.map_err(|e| ForwardError::Request(error_chain(&e)))?;
             let status = resp.status();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
             // Drain the answer so the connection goes back to the pool; an
             // oversized answer just costs the connection.
-            let _ = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES).collect().await;
-            Ok(status)
+            let body = Limited::new(resp.into_body(), MAX_RESPONSE_BYTES).collect().await.map(|b| b.to_bytes());
+            Ok((status, retry_after, body.unwrap_or_default()))
         };
-        let status =
-            tokio::time::timeout(self.timeout, exchange).await.map_err(|_| ForwardError::Timeout(self.timeout))??;
+        let (status, retry_after, body) =
+            tokio::time::timeout(out.timeout, exchange).await.map_err(|_| ForwardError::Timeout(out.timeout))??;
         if status.is_success() {
-            Ok(status)
-        } else {
-            Err(ForwardError::Status(status))
+            return Ok(status);
         }
+        let kept = &body[..body.len().min(KEPT_RESPONSE_BYTES)];
+        Err(ForwardError::Status { status, retry_after, body: String::from_utf8_lossy(kept).into_owned() })
     }
 }
 

@@ -3,8 +3,10 @@
 //!
 //! Answers are chosen for WAHA's retry behaviour: WAHA retries anything but a
 //! 2xx, so everything that must never be retried (ignored events, senders without
-//! a link) gets a 200 with the reason, and only failures worth retrying (store
-//! down: 503; tenant down: 502) get an error status.
+//! a link, messages parked for later delivery) gets a 200 with the reason, and
+//! only failures a retry can fix (store down: 503; the same message in flight
+//! right now: 409) get an error status. A failing tenant is the queue's problem,
+//! not WAHA's: its messages are parked and WAHA gets 200 `queued`.
 
 use std::time::Instant;
 
@@ -16,10 +18,12 @@ use serde_json::json;
 
 use crate::auth;
 use crate::config::MAX_BODY_BYTES;
+use crate::delivery::dedupe::MessageKey;
+use crate::delivery::{Accepted, Message};
 use crate::error::{json_response, ApiError};
-use crate::forward::{Outbound, HEADER_REQUEST_ID};
+use crate::forward::HEADER_REQUEST_ID;
 use crate::metrics::{event_index, Outcome};
-use crate::route::{classify, decide, Decision, Plan, Sender, Skip, TenantId};
+use crate::route::{classify, decide, identity_hash, message_identity, Decision, Plan, Sender, Skip, TenantId};
 use crate::server::Worker;
 use crate::webhook::with_envelope;
 
@@ -39,7 +43,8 @@ pub async fn handle(worker: &Worker, req: Request<Incoming>) -> Response<Full<By
                 ApiError::TooLarge(_) => Outcome::TooLarge,
                 ApiError::BadRequest(_) => Outcome::BadRequest,
                 ApiError::Store(_) => Outcome::StoreError,
-                _ => Outcome::ForwardFailed,
+                ApiError::InProgress => Outcome::InProgress,
+                _ => Outcome::BadRequest,
             };
             app.metrics.webhook(event, outcome);
             e.into_response()
@@ -62,9 +67,9 @@ async fn process(
     if !auth::hmac_ok(&parts.headers, &body, app.secrets.waha_hmac_key.as_ref()) {
         return Err(ApiError::Unauthorized);
     }
-    let plan = with_envelope(&body, |envelope| {
+    let (plan, identity) = with_envelope(&body, |envelope| {
         *event = event_index(&envelope.event);
-        classify(envelope, &app.config.deep_link_prefix)
+        (classify(envelope, &app.config.deep_link_prefix), message_identity(envelope))
     })?;
     let (sender, link, may_lock) = match plan {
         Plan::Skip(skip) => return Ok(skipped(skip)),
@@ -94,7 +99,9 @@ async fn process(
             (lock.tenant, outcome)
         }
     };
-    forward(worker, &parts.headers, body, sender, tenant, outcome).await
+    // Without a key id or event id, identical bodies are the same message.
+    let key = identity.unwrap_or_else(|| identity_hash(&[b"body", &body]));
+    forward(worker, &parts.headers, body, key, sender, tenant, outcome).await
 }
 
 fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {
@@ -109,6 +116,7 @@ async fn forward(
     worker: &Worker,
     headers: &HeaderMap,
     body: Bytes,
+    key: MessageKey,
     sender: Sender,
     tenant: TenantId,
     outcome: Outcome,
@@ -119,37 +127,35 @@ async fn forward(
         return Ok(skipped(Skip::UnknownTenant));
     };
     let started = Instant::now();
-    let result = worker
-        .forwarder
-        .send(Outbound {
-            uri: &target.uri,
-            body,
-            tenant,
-            sender: sender.key,
-            new_session: outcome == Outcome::LockedNew,
-            request_id: headers.get(HEADER_REQUEST_ID),
-        })
-        .await;
-    app.metrics.forward_duration.record(started.elapsed().as_secs_f64());
+    let message = Message {
+        key,
+        tenant,
+        sender: sender.key,
+        new_session: outcome == Outcome::LockedNew,
+        request_id: headers.get(HEADER_REQUEST_ID).and_then(|v| v.to_str().ok()).map(str::to_owned),
+        body,
+    };
+    let accepted = app.delivery.deliver(&worker.forwarder, &target, message).await?;
     tracing::debug!(
         sender = %sender.key.masked(),
         tenant,
         outcome = outcome.as_str(),
+        result = ?accepted,
         elapsed_us = started.elapsed().as_micros() as u64,
-        ok = result.is_ok(),
-        "forwarded"
+        "webhook handled"
     );
-    match result {
-        Ok(_) => {
-            app.metrics.forward("ok");
-            Ok((outcome, json_response(StatusCode::OK, &json!({"status": "routed", "tenant_id": tenant}))))
+    let (outcome, body) = match accepted {
+        Accepted::Delivered => (outcome, json!({"status": "routed", "tenant_id": tenant})),
+        Accepted::Queued { seq } => {
+            (Outcome::Queued, json!({"status": "queued", "tenant_id": tenant, "delivery_id": seq}))
         }
-        Err(source) => {
-            app.metrics.forward(source.kind());
-            tracing::warn!(tenant, error = %source, "forward failed");
-            Err(ApiError::Forward { tenant, source })
-        }
-    }
+        Accepted::DeadLettered { seq, status } => (
+            Outcome::DeadLettered,
+            json!({"status": "dead_lettered", "tenant_id": tenant, "delivery_id": seq, "tenant_status": status}),
+        ),
+        Accepted::Duplicate => (Outcome::Duplicate, json!({"status": "duplicate", "tenant_id": tenant})),
+    };
+    Ok((outcome, json_response(StatusCode::OK, &body)))
 }
 
 /// Reads the body, refusing more than [`MAX_BODY_BYTES`]: at once when

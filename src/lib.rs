@@ -23,6 +23,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod deeplink;
+pub mod delivery;
 pub mod error;
 pub mod forward;
 pub mod ingest;
@@ -46,9 +47,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+use crate::delivery::Delivery;
+use crate::forward::Forwarder;
 use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
@@ -65,6 +69,8 @@ pub enum StartError {
     DataDir { path: PathBuf, source: io::Error },
     #[error("opening the store: {0}")]
     Store(#[from] StoreError),
+    #[error("starting the delivery queue: {0}")]
+    Queue(String),
     #[error("loading tenants: {0}")]
     Registry(#[from] RegistryError),
     #[error("cannot listen on {addr}: {source}")]
@@ -77,8 +83,9 @@ pub struct App {
     pub secrets: Secrets,
     pub store: Arc<Store>,
     pub locks: Locks,
-    pub registry: Registry,
-    pub metrics: Metrics,
+    pub registry: Arc<Registry>,
+    pub delivery: Arc<Delivery>,
+    pub metrics: Arc<Metrics>,
     /// Set when shutdown starts; `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
 }
@@ -90,11 +97,18 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
         let secrets = secrets::resolve(&config).map_err(data_err)?;
         let store = Arc::new(Store::open(&config.data_dir.join("db"))?);
-        let registry = Registry::load(&store, &config)?;
-        let metrics = Metrics::new();
+        let registry = Arc::new(Registry::load(&store, &config, secrets.signing_secret.expose())?);
+        let metrics = Arc::new(Metrics::new());
         metrics.tenants.set(registry.len() as f64);
+        let delivery = Arc::new(Delivery::open(
+            Arc::clone(&store),
+            &config.delivery,
+            config.forward.timeout,
+            Arc::clone(&metrics),
+        )?);
         Ok(Arc::new(App {
             locks: Locks::new(Arc::clone(&store)),
+            delivery,
             config,
             secrets,
             store,
@@ -107,6 +121,7 @@ impl App {
     /// The Prometheus text for `GET /metrics`.
     pub fn render_metrics(&self) -> String {
         self.metrics.tenants.set(self.registry.len() as f64);
+        self.delivery.export_metrics();
         self.metrics.render()
     }
 }
@@ -144,8 +159,26 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
     let metrics_task = listeners
         .metrics
         .map(|l| tokio::spawn(server::serve_metrics(Arc::clone(&app), l, stop_metrics.clone().cancelled_owned())));
+    // The queue: resumes what a previous run left parked.
+    let stop_queue = CancellationToken::new();
+    let queue_attempts = TaskTracker::new();
+    let queue = tokio::spawn(delivery::run(
+        Arc::clone(&app.delivery),
+        Arc::clone(&app.registry) as Arc<dyn delivery::Targets>,
+        Forwarder::new(&app.config.forward),
+        stop_queue.clone(),
+        queue_attempts.clone(),
+    ));
     let worker = Arc::new(Worker::new(Arc::clone(&app)));
     server::serve(worker, listeners.http, shutdown).await;
+    // Stop scheduling; attempts in flight get the drain deadline, and whatever
+    // is not delivered stays in the outbox for the next start.
+    stop_queue.cancel();
+    let _ = queue.await;
+    queue_attempts.close();
+    if tokio::time::timeout(app.config.drain_timeout, queue_attempts.wait()).await.is_err() {
+        tracing::warn!("queue attempts still running at the drain deadline; they resume on the next start");
+    }
     stop_metrics.cancel();
     if let Some(task) = metrics_task {
         let _ = task.await;

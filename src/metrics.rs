@@ -19,6 +19,11 @@ pub const FORWARD_DURATION: &str = "whatsapp_router_forward_duration_seconds";
 pub const LOCKS_CREATED_TOTAL: &str = "whatsapp_router_locks_created_total";
 pub const STORE_FLUSH_DURATION: &str = "whatsapp_router_store_flush_duration_seconds";
 pub const TENANTS: &str = "whatsapp_router_tenants";
+pub const QUEUE_PARKED: &str = "whatsapp_router_queue_parked";
+pub const QUEUE_DEAD: &str = "whatsapp_router_queue_dead";
+pub const DELIVERY_RETRIES_TOTAL: &str = "whatsapp_router_delivery_retries_total";
+pub const DEAD_LETTERS_TOTAL: &str = "whatsapp_router_dead_letters_total";
+pub const BREAKERS_OPEN: &str = "whatsapp_router_breakers_open";
 
 /// Event types get their own label value; anything else is `other`.
 pub const EVENTS: [&str; 8] = [
@@ -45,20 +50,29 @@ pub enum Outcome {
     Unauthorized,
     BadRequest,
     TooLarge,
-    /// The tenant backend failed (answered 502 to WAHA).
-    ForwardFailed,
+    /// Parked in the outbox for later delivery (answered 200 `queued`).
+    Queued,
+    /// Refused by the tenant for good (answered 200 `dead_lettered`).
+    DeadLettered,
+    /// Already accepted within the dedupe window.
+    Duplicate,
+    /// The same message was in flight (answered 409).
+    InProgress,
     /// The store failed (answered 503 to WAHA).
     StoreError,
 }
 
-const OTHER_OUTCOMES: [Outcome; 8] = [
+const OTHER_OUTCOMES: [Outcome; 11] = [
     Outcome::Routed,
     Outcome::LockedNew,
     Outcome::RelockRefused,
     Outcome::Unauthorized,
     Outcome::BadRequest,
     Outcome::TooLarge,
-    Outcome::ForwardFailed,
+    Outcome::Queued,
+    Outcome::DeadLettered,
+    Outcome::Duplicate,
+    Outcome::InProgress,
     Outcome::StoreError,
 ];
 
@@ -72,7 +86,10 @@ impl Outcome {
             Outcome::Unauthorized => "unauthorized",
             Outcome::BadRequest => "bad_request",
             Outcome::TooLarge => "too_large",
-            Outcome::ForwardFailed => "forward_failed",
+            Outcome::Queued => "queued",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Duplicate => "duplicate",
+            Outcome::InProgress => "in_progress",
             Outcome::StoreError => "store_error",
         }
     }
@@ -100,6 +117,11 @@ pub struct Metrics {
     pub locks_created: Counter,
     pub store_flush: Histogram,
     pub tenants: Gauge,
+    pub queue_parked: Gauge,
+    pub queue_dead: Gauge,
+    pub delivery_retries: Counter,
+    pub dead_letters: Counter,
+    pub breakers_open: Gauge,
     upkeep_running: AtomicBool,
 }
 
@@ -131,6 +153,23 @@ impl Metrics {
             "Time a caller waited for a durable store flush (group commit).".into(),
         );
         recorder.describe_gauge(TENANTS.into(), None, "Tenants in the registry.".into());
+        recorder.describe_gauge(
+            QUEUE_PARKED.into(),
+            None,
+            "Messages parked in the outbox, waiting for delivery.".into(),
+        );
+        recorder.describe_gauge(QUEUE_DEAD.into(), None, "Dead letters kept for inspection and replay.".into());
+        recorder.describe_gauge(
+            BREAKERS_OPEN.into(),
+            None,
+            "Tenants whose circuit breaker is open or half-open.".into(),
+        );
+        describe(
+            DELIVERY_RETRIES_TOTAL,
+            None,
+            "Failed delivery attempts from the queue (each is retried or dead-lettered).",
+        );
+        describe(DEAD_LETTERS_TOTAL, None, "Messages moved to the dead letters.");
 
         let webhooks = EVENTS
             .iter()
@@ -154,6 +193,10 @@ impl Metrics {
         let store_flush = recorder.register_histogram(&Key::from_name(STORE_FLUSH_DURATION), &meta);
         let tenants = recorder.register_gauge(&Key::from_name(TENANTS), &meta);
         let locks_created = counter(LOCKS_CREATED_TOTAL, vec![]);
+        let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &meta);
+        let (queue_parked, queue_dead, breakers_open) = (gauge(QUEUE_PARKED), gauge(QUEUE_DEAD), gauge(BREAKERS_OPEN));
+        let delivery_retries = counter(DELIVERY_RETRIES_TOTAL, vec![]);
+        let dead_letters = counter(DEAD_LETTERS_TOTAL, vec![]);
         Metrics {
             recorder,
             handle,
@@ -163,6 +206,11 @@ impl Metrics {
             locks_created,
             store_flush,
             tenants,
+            queue_parked,
+            queue_dead,
+            delivery_retries,
+            dead_letters,
+            breakers_open,
             upkeep_running: AtomicBool::new(false),
         }
     }

@@ -9,6 +9,7 @@ use dashmap::DashMap;
 use http::Uri;
 
 use crate::config::{parse_forward_url, tenant_url, Config};
+use crate::delivery::sign::SigningKey;
 use crate::route::TenantId;
 use crate::store::{Store, StoreError, TenantRecord};
 
@@ -19,11 +20,14 @@ pub struct Tenant {
     pub name: String,
     /// Where its messages are POSTed.
     pub uri: Uri,
+    /// Keys that sign its forwards, newest first (its own, else the global ones).
+    pub signing_keys: Vec<SigningKey>,
 }
 
 pub struct Registry {
     tenants: DashMap<TenantId, Arc<Tenant>>,
     url_template: String,
+    global_keys: Vec<SigningKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -32,15 +36,32 @@ pub enum RegistryError {
     Store(#[from] StoreError),
     #[error("tenant {id}: {message}")]
     BadUrl { id: TenantId, message: String },
+    #[error("{0}")]
+    BadSecret(String),
 }
 
 impl Registry {
-    /// Upserts the configured tenants into the store, then loads every stored tenant.
-    pub fn load(store: &Store, config: &Config) -> Result<Registry, RegistryError> {
+    /// Upserts the configured tenants into the store, then loads every stored
+    /// tenant. `global_secret` signs forwards of tenants without their own.
+    pub fn load(store: &Store, config: &Config, global_secret: &str) -> Result<Registry, RegistryError> {
         for t in &config.tenants {
-            store.put_tenant(&TenantRecord { id: t.id, name: t.name.clone(), url: t.url.clone() })?;
+            store.put_tenant(&TenantRecord {
+                id: t.id,
+                name: t.name.clone(),
+                url: t.url.clone(),
+                signing_secrets: t.signing_secrets.clone(),
+            })?;
         }
-        let registry = Registry { tenants: DashMap::new(), url_template: config.forward.url_template.clone() };
+        let mut global_keys = vec![SigningKey::parse(global_secret)
+            .map_err(|e| RegistryError::BadSecret(format!("forward.signing_secret: {e}")))?];
+        if let Some(previous) = &config.forward.previous_signing_secret {
+            global_keys.push(
+                SigningKey::parse(previous)
+                    .map_err(|e| RegistryError::BadSecret(format!("forward.previous_signing_secret: {e}")))?,
+            );
+        }
+        let registry =
+            Registry { tenants: DashMap::new(), url_template: config.forward.url_template.clone(), global_keys };
         for record in store.tenants()? {
             registry.insert(record)?;
         }
@@ -50,7 +71,18 @@ impl Registry {
     fn insert(&self, record: TenantRecord) -> Result<(), RegistryError> {
         let url = tenant_url(&self.url_template, record.id, record.url.as_deref());
         let uri = parse_forward_url(&url).map_err(|message| RegistryError::BadUrl { id: record.id, message })?;
-        self.tenants.insert(record.id, Arc::new(Tenant { id: record.id, name: record.name, uri }));
+        let signing_keys = if record.signing_secrets.is_empty() {
+            self.global_keys.clone()
+        } else {
+            record
+                .signing_secrets
+                .iter()
+                .map(|s| {
+                    SigningKey::parse(s).map_err(|e| RegistryError::BadSecret(format!("tenant {}: {e}", record.id)))
+                })
+                .collect::<Result<_, _>>()?
+        };
+        self.tenants.insert(record.id, Arc::new(Tenant { id: record.id, name: record.name, uri, signing_keys }));
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! between (lock lookup, compare-and-swap) and after (forwarding).
 
 use crate::deeplink::find_tenant_link;
+use crate::delivery::dedupe::MessageKey;
 use crate::sender::{parse_jid, Jid, SenderKey};
 use crate::webhook::Envelope;
 
@@ -176,6 +177,37 @@ pub fn message_key_id(id: &str) -> Option<&str> {
     let mut parts = id.splitn(4, '_');
     let (_from_me, _chat, key) = (parts.next()?, parts.next()?, parts.next()?);
     (!key.is_empty()).then_some(key)
+}
+
+/// What makes two webhooks the same message, for dedupe and for the stable
+/// `webhook-id`: for messages, the session plus the WhatsApp key id (the third
+/// `_` segment of `payload.id`), which is the same in a WAHA retry, in
+/// `message` + `message.any`, and in the `@lid`/`@c.us` double; for other events
+/// (acks of one message differ by ack level) the event id. `None` when the body
+/// carries neither; the caller then hashes the body.
+pub fn message_identity(envelope: &Envelope<'_>) -> Option<MessageKey> {
+    let session = envelope.session.as_deref().unwrap_or("");
+    let key_id = match event_kind(&envelope.event) {
+        EventKind::Message => envelope.payload.id.get().and_then(message_key_id),
+        _ => None,
+    };
+    match (key_id, envelope.id.as_deref()) {
+        (Some(key), _) => Some(identity_hash(&[b"msg", session.as_bytes(), key.as_bytes()])),
+        (None, Some(event_id)) => Some(identity_hash(&[b"evt", event_id.as_bytes()])),
+        (None, None) => None,
+    }
+}
+
+/// 16 bytes of SHA-256 over the parts, each followed by a 0 byte.
+pub fn identity_hash(parts: &[&[u8]]) -> MessageKey {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in parts {
+        hasher.update(part);
+        hasher.update([0u8]);
+    }
+    let digest = hasher.finalize();
+    digest[..16].try_into().expect("SHA-256 has 32 bytes")
 }
 
 /// What happens to a routable event once the sender's lock is known.

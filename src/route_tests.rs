@@ -165,3 +165,19 @@ fn decisions() {
     check_decide(None, false, Some(3), Decision::Forward { tenant: 3, relock_refused: false });
     check_decide(None, false, None, Decision::Skip(Skip::NotLocked));
 }
+
+#[test]
+fn identities() {
+    let id = |body: &str| with_envelope(body.as_bytes(), message_identity).unwrap();
+    let lid = r#"{"event":"message","session":"s","payload":{"id":"false_4639135154355@lid_ABC","from":"4639135154355@lid"}}"#;
+    let cus = r#"{"event":"message.any","session":"s","payload":{"id":"false_5511988887777@c.us_ABC","from":"5511988887777@c.us"}}"#;
+    assert_eq!(id(lid), id(cus), "the GOWS double and message.any share the key id");
+    assert!(id(lid).is_some());
+    let other_session = lid.replace(r#""session":"s""#, r#""session":"t""#);
+    assert_ne!(id(lid), id(&other_session));
+    let ack =
+        |evt: &str| format!(r#"{{"id":"{evt}","event":"message.ack","payload":{{"id":"true_1@c.us_ABC","ack":2}}}}"#);
+    assert_ne!(id(&ack("evt_1")), id(&ack("evt_2")), "two acks of one message are two events");
+    assert_eq!(id(&ack("evt_1")), id(&ack("evt_1")));
+    assert_eq!(id(r#"{"event":"message","payload":{"from":"1@c.us"}}"#), None);
+}

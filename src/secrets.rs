@@ -12,6 +12,7 @@ use rand::RngCore;
 use subtle::ConstantTimeEq;
 
 use crate::config::{Config, SecretSetting};
+use crate::delivery::sign::SigningKey;
 
 /// A secret value. Never printed by `Debug`; compared in constant time.
 #[derive(Clone)]
@@ -45,6 +46,8 @@ pub struct Secrets {
     pub waha_api_key: Option<Secret>,
     pub waha_hmac_key: Option<Secret>,
     pub admin_jwt_secret: Secret,
+    /// The global forward signing secret (`whsec_...`).
+    pub signing_secret: Secret,
     /// Secrets created by this start, for the operator to be told about.
     pub generated: Vec<PathBuf>,
 }
@@ -53,11 +56,11 @@ pub struct Secrets {
 pub fn resolve(config: &Config) -> io::Result<Secrets> {
     let dir = config.data_dir.join("secrets");
     let mut generated = Vec::new();
-    let mut get = |name: &str, setting: &SecretSetting| -> io::Result<Secret> {
+    let mut get_with = |name: &str, setting: &SecretSetting, make: fn() -> String| -> io::Result<Secret> {
         match setting {
             SecretSetting::Value(v) => Ok(Secret(v.clone())),
             SecretSetting::Generate => {
-                let (secret, created) = load_or_create(&dir.join(name))?;
+                let (secret, created) = load_or_create(&dir.join(name), make)?;
                 if created {
                     generated.push(dir.join(name));
                 }
@@ -65,13 +68,21 @@ pub fn resolve(config: &Config) -> io::Result<Secrets> {
             }
         }
     };
-    let waha_api_key = config.waha.api_key.as_ref().map(|s| get("waha_api_key", s)).transpose()?;
-    let waha_hmac_key = config.waha.hmac_key.as_ref().map(|s| get("waha_hmac_key", s)).transpose()?;
-    let admin_jwt_secret = get("admin_jwt_secret", &config.admin.jwt_secret)?;
-    Ok(Secrets { waha_api_key, waha_hmac_key, admin_jwt_secret, generated })
+    let waha_api_key = config.waha.api_key.as_ref().map(|s| get_with("waha_api_key", s, random_hex)).transpose()?;
+    let waha_hmac_key = config.waha.hmac_key.as_ref().map(|s| get_with("waha_hmac_key", s, random_hex)).transpose()?;
+    let admin_jwt_secret = get_with("admin_jwt_secret", &config.admin.jwt_secret, random_hex)?;
+    let signing_secret = get_with("forward_signing_secret", &config.forward.signing_secret, SigningKey::generate)?;
+    Ok(Secrets { waha_api_key, waha_hmac_key, admin_jwt_secret, signing_secret, generated })
 }
 
-fn load_or_create(path: &Path) -> io::Result<(Secret, bool)> {
+/// 32 random bytes, hex encoded.
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn load_or_create(path: &Path, make: fn() -> String) -> io::Result<(Secret, bool)> {
     match fs::read_to_string(path) {
         Ok(text) if !text.trim().is_empty() => return Ok((Secret(text.trim().to_owned()), false)),
         Ok(_) => {}
@@ -80,9 +91,7 @@ fn load_or_create(path: &Path) -> io::Result<(Secret, bool)> {
     }
     let dir = path.parent().expect("secret paths have a parent");
     fs::create_dir_all(dir)?;
-    let mut bytes = [0u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    let value = hex::encode(bytes);
+    let value = make();
     // Write to a temporary file and rename, so a crash never leaves half a secret.
     let tmp = path.with_extension("tmp");
     {
@@ -109,7 +118,8 @@ mod tests {
         let mut config = Config::load(None, Vec::new()).unwrap();
         config.data_dir = dir.path().to_path_buf();
         let first = resolve(&config).unwrap();
-        assert_eq!(first.generated.len(), 2);
+        assert_eq!(first.generated.len(), 3);
+        assert!(first.signing_secret.expose().starts_with("whsec_"));
         let key = first.waha_api_key.clone().unwrap();
         assert_eq!(key.expose().len(), 64);
         let second = resolve(&config).unwrap();

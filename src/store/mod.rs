@@ -1,4 +1,5 @@
-//! Durable state in sled: the sender locks and the tenant registry.
+//! Durable state in sled: the sender locks, the tenant registry, and (in
+//! `outbox`) the delivery queue.
 //!
 //! The only module that touches sled. Locks are written once, by a
 //! compare-and-swap from empty, and made durable with a group commit: concurrent
@@ -13,6 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::route::TenantId;
 use crate::sender::SenderKey;
+
+mod outbox;
+
+pub use outbox::{DeliveryRecord, DeliveryState};
 
 const LOCKS_TREE: &str = "locks";
 const TENANTS_TREE: &str = "tenants";
@@ -44,12 +49,19 @@ pub struct TenantRecord {
     /// The tenant's own forward URL; `None` follows `forward.url_template`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// The tenant's own Standard Webhooks secrets (`whsec_...`), newest first;
+    /// empty means the global secret signs its forwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub signing_secrets: Vec<String>,
 }
 
 pub struct Store {
     db: sled::Db,
     locks: sled::Tree,
     tenants: sled::Tree,
+    outbox: sled::Tree,
+    dead: sled::Tree,
+    dedupe: sled::Tree,
     /// Serialises flushes; waiters queue here and usually find their write
     /// already covered by the flush that was running when they arrived.
     flush_lock: tokio::sync::Mutex<()>,
@@ -65,10 +77,16 @@ impl Store {
         let db = sled::Config::new().path(dir).cache_capacity(256 * 1024 * 1024).open()?;
         let locks = db.open_tree(LOCKS_TREE)?;
         let tenants = db.open_tree(TENANTS_TREE)?;
+        let outbox = db.open_tree(outbox::OUTBOX_TREE)?;
+        let dead = db.open_tree(outbox::DEAD_TREE)?;
+        let dedupe = db.open_tree(outbox::DEDUPE_TREE)?;
         Ok(Store {
             db,
             locks,
             tenants,
+            outbox,
+            dead,
+            dedupe,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_started: AtomicU64::new(0),
             flush_done: AtomicU64::new(0),
@@ -216,7 +234,7 @@ mod tests {
     #[test]
     fn tenants_and_export_round_trip() {
         let (_dir, store) = open();
-        let t = TenantRecord { id: 2, name: "Saman".into(), url: None };
+        let t = TenantRecord { id: 2, name: "Saman".into(), url: None, signing_secrets: vec![] };
         store.put_tenant(&t).unwrap();
         store.put_tenant(&TenantRecord { url: Some("http://x/".into()), ..t.clone() }).unwrap();
         assert_eq!(store.tenants().unwrap()[0].url.as_deref(), Some("http://x/"));

@@ -2,6 +2,7 @@
 //! real sled data dirs. One crate with modules, so the library links once.
 
 mod cli;
+mod delivery;
 mod routing;
 mod support;
 mod wire;

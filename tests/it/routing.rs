@@ -121,7 +121,12 @@ async fn lid_senders_and_chat_updates() {
     assert_eq!(router.webhook(fixture("waha/message.lid.json")).await.1["reason"], "no_deep_link");
     let (_, body) = router.webhook(fixture("waha/derived/deeplink_first_message.lid.json")).await;
     assert_eq!(body, json!({"status": "routed", "tenant_id": 42}));
-    assert_eq!(router.webhook(fixture("waha/message.lid.json")).await.1, json!({"status": "routed", "tenant_id": 42}));
+    // Same session and WhatsApp key id as the derived fixture: the same message.
+    assert_eq!(
+        router.webhook(fixture("waha/message.lid.json")).await.1,
+        json!({"status": "duplicate", "tenant_id": 42})
+    );
+    assert_eq!(router.webhook(message("4639135154355@lid", "and another")).await.1["tenant_id"], 42);
     let got = backend.received();
     assert_eq!(got[0].header("x-gateway-sender"), Some("4639135154355@lid"));
 
@@ -187,11 +192,14 @@ async fn concurrent_first_messages_have_one_winner() {
     for task in tasks {
         let (status, body) = task.await.unwrap();
         assert_eq!(status, StatusCode::OK);
+        assert!(["routed", "queued"].contains(&body["status"].as_str().unwrap()), "{body}");
         winners.insert(body["tenant_id"].as_u64().unwrap());
     }
     assert_eq!(winners.len(), 1, "every answer names the same tenant: {winners:?}");
     let winner = *winners.iter().next().unwrap() as u32;
-    let got = backend.received();
+    // One sender's messages go one at a time (per-sender order): the queue
+    // delivers those that arrived while another was in flight.
+    let got = backend.wait_for(64, 10).await;
     assert_eq!(got.len(), 64);
     assert!(got.iter().all(|r| r.tenant() == winner));
     assert_eq!(got.iter().filter(|r| r.header("x-gateway-new-session").is_some()).count(), 1);
@@ -215,29 +223,5 @@ async fn locks_survive_a_restart() {
         router.webhook(message("971507770000@c.us", "start_realty_1")).await.1,
         json!({"status": "routed", "tenant_id": 3})
     );
-    router.stop().await;
-}
-
-#[tokio::test]
-async fn a_failing_tenant_gets_502_so_waha_retries() {
-    let (_dir, backend, router) = setup().await;
-    backend.status.store(500, std::sync::atomic::Ordering::SeqCst);
-    let (status, body) = router.webhook(message("971506660000@c.us", "start_realty_2")).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY);
-    assert_eq!(body["tenant_id"], 2);
-    assert!(body["error"].as_str().unwrap().contains("500"), "{body}");
-    // The lock holds; the retry goes through once the tenant is back.
-    backend.status.store(200, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(router.webhook(message("971506660000@c.us", "retry")).await.1["tenant_id"], 2);
-
-    // A tenant that does not answer at all.
-    let mut setup = Setup::new(&backend);
-    setup.url_template = format!("http://127.0.0.1:{}/t/{{tenant_id}}", free_port());
-    let dir = tempfile::tempdir().unwrap();
-    let down = Router::start(&setup, &dir.path().join("data")).await;
-    let (status, body) = down.webhook(message("971506660001@c.us", "start_realty_1")).await;
-    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
-    assert_eq!(down.metric("whatsapp_router_forwards_total{outcome=\"connect_error\"}").await, 1.0);
-    down.stop().await;
     router.stop().await;
 }

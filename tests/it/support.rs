@@ -67,6 +67,8 @@ impl Received {
 pub struct Backend {
     pub addr: SocketAddr,
     pub received: Arc<Mutex<Vec<Received>>>,
+    /// Every request with the status it was answered, in arrival order.
+    pub attempts: Arc<Mutex<Vec<(Received, u16, std::time::Instant)>>>,
     pub status: Arc<AtomicU16>,
     pub delay_ms: Arc<AtomicU64>,
     _task: JoinHandle<()>,
@@ -77,16 +79,17 @@ impl Backend {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(AtomicU16::new(200));
         let delay_ms = Arc::new(AtomicU64::new(0));
-        let (r, s, d) = (received.clone(), status.clone(), delay_ms.clone());
+        let (r, a, s, d) = (received.clone(), attempts.clone(), status.clone(), delay_ms.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { continue };
-                let (r, s, d) = (r.clone(), s.clone(), d.clone());
+                let (r, a, s, d) = (r.clone(), a.clone(), s.clone(), d.clone());
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<Incoming>| {
-                        let (r, s, d) = (r.clone(), s.clone(), d.clone());
+                        let (r, a, s, d) = (r.clone(), a.clone(), s.clone(), d.clone());
                         async move {
                             let (parts, body) = req.into_parts();
                             let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
@@ -95,15 +98,18 @@ impl Backend {
                                 tokio::time::sleep(Duration::from_millis(delay)).await;
                             }
                             let code = s.load(Ordering::SeqCst);
+                            let got = Received { path: parts.uri.path().to_owned(), headers: parts.headers, body };
+                            a.lock().unwrap().push((got.clone(), code, std::time::Instant::now()));
                             if (200..300).contains(&code) {
-                                r.lock().unwrap().push(Received {
-                                    path: parts.uri.path().to_owned(),
-                                    headers: parts.headers,
-                                    body,
-                                });
+                                r.lock().unwrap().push(got);
                             }
-                            let mut resp = Response::new(Full::new(Bytes::from_static(b"{\"ok\":true}")));
+                            let answer: &'static [u8] =
+                                if code < 300 { b"{\"ok\":true}" } else { b"{\"error\":\"tenant says no\"}" };
+                            let mut resp = Response::new(Full::new(Bytes::from_static(answer)));
                             *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+                            if code == 429 {
+                                resp.headers_mut().insert("retry-after", http::HeaderValue::from_static("2"));
+                            }
                             Ok::<_, std::convert::Infallible>(resp)
                         }
                     });
@@ -111,11 +117,27 @@ impl Backend {
                 });
             }
         });
-        Backend { addr, received, status, delay_ms, _task: task }
+        Backend { addr, received, attempts, status, delay_ms, _task: task }
     }
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
+    }
+
+    pub fn set_status(&self, code: u16) {
+        self.status.store(code, Ordering::SeqCst);
+    }
+
+    /// Waits until at least `n` requests were accepted (2xx), at most `secs`.
+    pub async fn wait_for(&self, n: usize, secs: u64) -> Vec<Received> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.received();
+            if got.len() >= n || std::time::Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url_template(&self) -> String {
@@ -129,6 +151,10 @@ pub struct Setup {
     pub url_template: String,
     pub extra_waha: String,
     pub extra_top: String,
+    /// Whole sections (e.g. `[delivery]`), placed before the tenants.
+    pub extra_sections: String,
+    /// Extra lines for each `[[tenants]]` entry, by tenant id.
+    pub tenant_extra: fn(u32) -> String,
 }
 
 impl Setup {
@@ -138,6 +164,8 @@ impl Setup {
             url_template: backend.url_template(),
             extra_waha: String::new(),
             extra_top: String::new(),
+            extra_sections: String::new(),
+            tenant_extra: |_| String::new(),
         }
     }
 
@@ -150,8 +178,10 @@ impl Setup {
             self.extra_waha,
             self.url_template
         );
+        text.push_str(&self.extra_sections);
+        text.push('\n');
         for id in self.tenants.clone() {
-            text.push_str(&format!("[[tenants]]\nid = {id}\nname = \"Tenant {id}\"\n"));
+            text.push_str(&format!("[[tenants]]\nid = {id}\nname = \"Tenant {id}\"\n{}\n", (self.tenant_extra)(id)));
         }
         text
     }
