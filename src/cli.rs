@@ -75,7 +75,10 @@ pub fn main() -> ExitCode {
 
 fn init_tracing() {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).try_init();
+    // Colours only for a person at a terminal; logs collected by systemd or a
+    // test harness stay plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(ansi).try_init();
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -101,7 +101,7 @@ async fn process(
     };
     // Without a key id or event id, identical bodies are the same message.
     let key = identity.unwrap_or_else(|| identity_hash(&[b"body", &body]));
-    forward(worker, &parts.headers, body, key, sender, tenant, outcome).await
+    deliver(worker, &parts.headers, body, key, sender, tenant, outcome).await
 }
 
 fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {
@@ -112,7 +112,7 @@ fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {
     (Outcome::Skipped(skip), json_response(StatusCode::OK, &json!({"status": status, "reason": skip.as_str()})))
 }
 
-async fn forward(
+async fn deliver(
     worker: &Worker,
     headers: &HeaderMap,
     body: Bytes,

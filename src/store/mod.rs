@@ -8,7 +8,7 @@
 //! an fsync of the drive's cache (see README, "Durability").
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,6 +69,9 @@ pub struct Store {
     flush_started: AtomicU64,
     /// Generation of the most recently completed successful flush.
     flush_done: AtomicU64,
+    /// Fault injection for tests: when set, every write and flush fails as on a
+    /// full or read-only disk. One relaxed load per write when unset.
+    fail_writes: AtomicBool,
 }
 
 impl Store {
@@ -90,6 +93,7 @@ impl Store {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_started: AtomicU64::new(0),
             flush_done: AtomicU64::new(0),
+            fail_writes: AtomicBool::new(false),
         })
     }
 
@@ -104,6 +108,7 @@ impl Store {
     /// Blocking: sled can stall for a long time on a big tree, so async callers run
     /// this on a blocking thread.
     pub fn lock_if_absent(&self, keys: &[SenderKey], tenant: TenantId) -> Result<LockOutcome, StoreError> {
+        self.check_writable()?;
         let value = tenant.to_be_bytes();
         if let [key] = keys {
             return match self.locks.compare_and_swap(key.to_bytes(), None as Option<&[u8]>, Some(&value[..]))? {
@@ -140,6 +145,7 @@ impl Store {
     /// Returns once everything written before the call is on disk. Concurrent
     /// callers share flushes (group commit).
     pub async fn durable(&self) -> Result<(), StoreError> {
+        self.check_writable()?;
         // We need a flush that starts after this point.
         let needed = self.flush_started.load(Ordering::Acquire) + 1;
         if self.flush_done.load(Ordering::Acquire) >= needed {
@@ -152,6 +158,19 @@ impl Store {
         let generation = self.flush_started.fetch_add(1, Ordering::AcqRel) + 1;
         self.db.flush_async().await?;
         self.flush_done.store(generation, Ordering::Release);
+        Ok(())
+    }
+
+    /// Makes every later write fail (`true`) or work again (`false`): how tests
+    /// simulate a full or unwritable disk.
+    pub fn set_fail_writes(&self, fail: bool) {
+        self.fail_writes.store(fail, Ordering::Relaxed);
+    }
+
+    fn check_writable(&self) -> Result<(), StoreError> {
+        if self.fail_writes.load(Ordering::Relaxed) {
+            return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other("injected write failure"))));
+        }
         Ok(())
     }
 

@@ -96,6 +96,7 @@ impl Store {
 
     /// Writes (or rewrites) a parked message. Call [`Store::durable`] before acknowledging.
     pub fn park(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        self.check_writable()?;
         self.outbox.insert(record.seq.to_be_bytes(), record.encode()?)?;
         Ok(())
     }
@@ -108,6 +109,7 @@ impl Store {
 
     /// Moves a message to the dead letters (from the outbox if it was parked), atomically.
     pub fn bury(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
+        self.check_writable()?;
         let encoded = record.encode()?;
         (&self.outbox, &self.dead)
             .transaction(|(outbox, dead)| {

@@ -1,8 +1,6 @@
 //! The real binary: default start, config errors, signals, SIGKILL durability,
 //! and the mapping import/export tools.
 
-use std::io::{BufRead, BufReader};
-use std::process::Stdio;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -13,30 +11,22 @@ use crate::support::*;
 #[tokio::test]
 async fn starts_with_no_config_and_generates_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut child = binary()
-        .current_dir(dir.path())
-        .env("WHATSAPP_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
-        .env("WHATSAPP_ROUTER_METRICS_LISTEN", "off")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let lines = std::thread::spawn(move || stderr.lines().take(3).map(Result::unwrap).collect::<Vec<_>>());
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
-    wait_ready(addr).await;
+    let mut cmd = binary();
+    cmd.current_dir(dir.path()).env("WHATSAPP_ROUTER_METRICS_LISTEN", "off");
+    let router = Process::spawn(cmd).await;
     let key_path = dir.path().join("data/secrets/waha_api_key");
     let key = std::fs::read_to_string(&key_path).unwrap().trim().to_owned();
     assert!(dir.path().join("data/secrets/admin_jwt_secret").exists());
+    assert!(std::fs::read_to_string(dir.path().join("data/secrets/forward_signing_secret"))
+        .unwrap()
+        .starts_with("whsec_"));
     let body = message("971500000009@c.us", "hi");
-    let (status, _) = send(addr, "POST", "/api/gateway/waha", body.clone(), &[]).await;
+    let (status, _) = send(router.addr, "POST", "/api/gateway/waha", body.clone(), &[]).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    let (status, json) = send(addr, "POST", "/api/gateway/waha", body, &[("x-api-key", &key)]).await;
+    let (status, json) = send(router.addr, "POST", "/api/gateway/waha", body, &[("x-api-key", &key)]).await;
     assert_eq!((status, json), (StatusCode::OK, json!({"status": "unrouted", "reason": "no_deep_link"})));
-    let _ = child.kill();
-    let _ = child.wait();
-    let lines = lines.join().unwrap().join("\n");
-    assert!(lines.contains("generated a new secret in data/secrets/waha_api_key"), "{lines}");
+    let log = router.log();
+    assert!(log.contains("generated a new secret in data/secrets/waha_api_key"), "{log}");
 }
 
 #[tokio::test]

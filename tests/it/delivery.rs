@@ -396,3 +396,36 @@ async fn a_hanging_tenant_does_not_slow_the_others() {
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }
+
+/// A full or unwritable disk: WAHA gets 503 and retries; nothing is half
+/// written, and the retries succeed once the disk is back.
+#[tokio::test]
+async fn a_failing_store_gets_503_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    backend.set_status(503);
+    let router = Router::start(&fast(&backend), &dir.path().join("data")).await;
+    let sender = "971597000001@c.us";
+    let first = numbered(sender, 0);
+
+    router.app.store.set_fail_writes(true);
+    let (status, body) = router.webhook(first.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(router.app.locks.lookup(whatsapp_router::sender::SenderKey::Phone(971597000001)).await.unwrap().is_none());
+    router.app.store.set_fail_writes(false);
+    // WAHA's retry: the lock is made, the forward fails, the message is parked.
+    assert_eq!(router.webhook(first).await.1["status"], "queued");
+
+    router.app.store.set_fail_writes(true);
+    let second = numbered(sender, 1);
+    assert_eq!(router.webhook(second.clone()).await.0, StatusCode::SERVICE_UNAVAILABLE);
+    router.app.store.set_fail_writes(false);
+    assert_eq!(router.webhook(second).await.1["status"], "queued");
+    assert_eq!(router.metric("whatsapp_router_queue_parked").await, 2.0);
+
+    backend.set_status(200);
+    let got = backend.wait_for(2, 10).await;
+    assert_eq!(got.iter().map(seq_of).collect::<Vec<_>>(), vec![0, 1]);
+    assert_eq!(router.metric("whatsapp_router_webhooks_total{event=\"message\",outcome=\"store_error\"}").await, 2.0);
+    router.stop().await;
+}

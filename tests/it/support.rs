@@ -189,6 +189,7 @@ impl Setup {
 
 /// A router running in this process on port 0.
 pub struct Router {
+    pub app: Arc<whatsapp_router::App>,
     pub addr: SocketAddr,
     pub metrics_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -202,10 +203,11 @@ impl Router {
         let addr = listeners.http.local_addr().unwrap();
         let metrics_addr = listeners.metrics.as_ref().unwrap().local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(whatsapp_router::run(config, listeners, async {
+        let app = whatsapp_router::App::open(config).expect("router opens");
+        let task = tokio::spawn(whatsapp_router::serve(app.clone(), listeners, async {
             let _ = stopped.await;
         }));
-        Router { addr, metrics_addr, stop: Some(stop), task: Some(task) }
+        Router { app, addr, metrics_addr, stop: Some(stop), task: Some(task) }
     }
 
     /// Graceful stop; returns once the store is closed.
@@ -269,6 +271,7 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> (StatusCode, String) {
 pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
 }
 
 pub fn binary() -> Command {
@@ -277,30 +280,52 @@ pub fn binary() -> Command {
     cmd
 }
 
-/// A free loopback port (bound and released; good enough for tests).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl Process {
-    /// Starts `whatsapp-router serve --config <file>` with the setup's config on a
-    /// fixed free port, and waits for `/readyz`.
+    /// Starts `whatsapp-router serve --config <file>` with the setup's config
+    /// on port 0, learns the port from its start-up log line, waits for `/readyz`.
     pub async fn start(setup: &Setup, data_dir: &Path) -> Process {
-        let port = free_port();
         let config = data_dir.with_extension("toml");
         std::fs::write(&config, setup.toml(data_dir)).unwrap();
-        let child = binary()
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("WHATSAPP_ROUTER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("WHATSAPP_ROUTER_METRICS_LISTEN", "off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut cmd = binary();
+        cmd.args(["serve", "--config"]).arg(&config).env("WHATSAPP_ROUTER_METRICS_LISTEN", "off");
+        Process::spawn(cmd).await
+    }
+
+    /// Spawns `cmd` (which must listen on port 0 or a known port), reading its
+    /// stderr for the `listen=` address.
+    pub async fn spawn(mut cmd: Command) -> Process {
+        cmd.env("WHATSAPP_ROUTER_LISTEN", "127.0.0.1:0").stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log = Arc::new(Mutex::new(String::new()));
+        let log_writer = log.clone();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listen=").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_owned();
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(addr);
+                    }
+                }
+                log_writer.lock().unwrap().push_str(&line);
+                log_writer.lock().unwrap().push('\n');
+            }
+        });
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|_| panic!("router did not log its address; stderr:\n{}", log.lock().unwrap()));
+        let addr: SocketAddr = addr.parse().unwrap();
         wait_ready(addr).await;
-        Process { child, addr }
+        Process { child, addr, log }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
     }
 
     pub async fn webhook(&self, body: Bytes) -> (StatusCode, serde_json::Value) {
@@ -332,7 +357,7 @@ impl Drop for Process {
 }
 
 pub async fn wait_ready(addr: SocketAddr) {
-    for _ in 0..200 {
+    for _ in 0..600 {
         if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await
         {
             let (status, _) = get_text(addr, "/readyz").await;
@@ -342,5 +367,5 @@ pub async fn wait_ready(addr: SocketAddr) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("router at {addr} not ready within 10 s");
+    panic!("router at {addr} not ready within 30 s");
 }
