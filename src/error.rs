@@ -23,8 +23,14 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     BadRequest(String),
+    /// A valid token without the right to this resource.
+    #[error("this token may not access that resource")]
+    Forbidden,
     #[error("no such endpoint")]
     NotFound,
+    /// A resource that does not exist, with what is missing ("tenant 9 not found").
+    #[error("{0}")]
+    Missing(String),
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
     /// Storage failed: WAHA should retry later.
@@ -47,7 +53,8 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Forward { .. } => StatusCode::BAD_GATEWAY,
@@ -66,6 +73,9 @@ impl ApiError {
         let mut resp = json_response(status, &body);
         if let ApiError::MethodNotAllowed(allow) = self {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

@@ -75,6 +75,9 @@ async fn process(
         Decision::Skip(skip) => return Ok(skipped(skip)),
         Decision::Forward { tenant, relock_refused } => {
             app.locks.join_alias(sender, tenant).await?;
+            if relock_refused {
+                audit_refused(app, sender, tenant, link.and_then(|l| TenantId::try_from(l).ok()));
+            }
             (tenant, if relock_refused { Outcome::RelockRefused } else { Outcome::Routed })
         }
         Decision::Lock { tenant } => {
@@ -89,12 +92,23 @@ async fn process(
                 (true, _) => Outcome::LockedNew,
                 // Lost a race to another first message; that one's tenant wins.
                 (false, true) => Outcome::Routed,
-                (false, false) => Outcome::RelockRefused,
+                (false, false) => {
+                    audit_refused(app, sender, lock.tenant, Some(tenant));
+                    Outcome::RelockRefused
+                }
             };
             (lock.tenant, outcome)
         }
     };
     forward(worker, &parts.headers, body, sender, tenant, outcome).await
+}
+
+/// Audits a refused relock. Best effort: the audit log must not fail a webhook.
+fn audit_refused(app: &crate::App, sender: Sender, held: TenantId, asked: Option<TenantId>) {
+    let Some(asked) = asked else { return };
+    if let Err(e) = app.store.audit_relock_refused(sender.key, held, asked) {
+        tracing::warn!(error = %e, "could not audit a refused relock");
+    }
 }
 
 fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {

@@ -13,12 +13,14 @@
 //! - [`registry`]: tenants and their forward URLs.
 //! - [`forward`]: the only module that opens outbound connections.
 //! - [`auth`], [`ingest`], [`error`], [`server`]: the HTTP side.
+//! - [`admin`]: the admin API (tokens, senders, tenants, links and QR codes, audit, backup).
 //! - [`metrics`]: Prometheus metrics with cached handles.
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
 //! - [`cli`]: the command line; `main.rs` only calls it.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

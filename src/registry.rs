@@ -1,7 +1,8 @@
 //! The tenant registry: which tenants exist and where their messages go.
 //!
 //! Lives in sled (through `store`); this module keeps an in-memory copy for the
-//! request path. Tenants from the config file are upserted at start.
+//! request path. Tenants from the config file are upserted at start; the admin
+//! API adds, updates and removes tenants at runtime (sled first, then here).
 
 use std::sync::Arc;
 
@@ -38,16 +39,19 @@ impl Registry {
     /// Upserts the configured tenants into the store, then loads every stored tenant.
     pub fn load(store: &Store, config: &Config) -> Result<Registry, RegistryError> {
         for t in &config.tenants {
-            store.put_tenant(&TenantRecord { id: t.id, name: t.name.clone(), url: t.url.clone() })?;
+            // A signing secret set through the admin API survives restarts.
+            let signing_secret = store.get_tenant(t.id)?.and_then(|r| r.signing_secret);
+            store.put_tenant(&TenantRecord { id: t.id, name: t.name.clone(), url: t.url.clone(), signing_secret })?;
         }
         let registry = Registry { tenants: DashMap::new(), url_template: config.forward.url_template.clone() };
         for record in store.tenants()? {
-            registry.insert(record)?;
+            registry.upsert(record)?;
         }
         Ok(registry)
     }
 
-    fn insert(&self, record: TenantRecord) -> Result<(), RegistryError> {
+    /// Adds or replaces a tenant (already written to the store by the caller).
+    pub fn upsert(&self, record: TenantRecord) -> Result<(), RegistryError> {
         let url = tenant_url(&self.url_template, record.id, record.url.as_deref());
         let uri = parse_forward_url(&url).map_err(|message| RegistryError::BadUrl { id: record.id, message })?;
         self.tenants.insert(record.id, Arc::new(Tenant { id: record.id, name: record.name, uri }));
@@ -56,6 +60,11 @@ impl Registry {
 
     pub fn get(&self, id: TenantId) -> Option<Arc<Tenant>> {
         self.tenants.get(&id).map(|t| Arc::clone(&t))
+    }
+
+    /// Forgets a tenant: its senders stay locked but are no longer forwarded.
+    pub fn remove(&self, id: TenantId) -> bool {
+        self.tenants.remove(&id).is_some()
     }
 
     pub fn contains(&self, id: TenantId) -> bool {

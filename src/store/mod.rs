@@ -10,12 +10,26 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::route::TenantId;
 use crate::sender::SenderKey;
 
+mod admin;
+mod backup;
+
+pub use admin::{AuditAction, AuditEntry, AuditQuery, Stats};
+pub use backup::{BackupError, BACKUP_MAGIC};
+
 const LOCKS_TREE: &str = "locks";
 const TENANTS_TREE: &str = "tenants";
+/// Tenant id (4 bytes BE) -> number of lock keys held (u64 BE); kept in the same
+/// transaction as every lock change, so stats never scan `locks`.
+const COUNTS_TREE: &str = "tenant_counts";
+/// Sequence (u64 BE) -> JSON [`AuditEntry`].
+const AUDIT_TREE: &str = "audit";
+/// `p` + sender key + seq, and `t` + tenant + seq: indexes of `audit` for paged filters.
+const AUDIT_INDEX_TREE: &str = "audit_index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -44,12 +58,18 @@ pub struct TenantRecord {
     /// The tenant's own forward URL; `None` follows `forward.url_template`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
+    /// Secret the tenant backend uses to verify forwards (never shown by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signing_secret: Option<String>,
 }
 
 pub struct Store {
     db: sled::Db,
     locks: sled::Tree,
     tenants: sled::Tree,
+    counts: sled::Tree,
+    audit: sled::Tree,
+    audit_index: sled::Tree,
     /// Serialises flushes; waiters queue here and usually find their write
     /// already covered by the flush that was running when they arrived.
     flush_lock: tokio::sync::Mutex<()>,
@@ -65,14 +85,25 @@ impl Store {
         let db = sled::Config::new().path(dir).cache_capacity(256 * 1024 * 1024).open()?;
         let locks = db.open_tree(LOCKS_TREE)?;
         let tenants = db.open_tree(TENANTS_TREE)?;
-        Ok(Store {
+        let counts = db.open_tree(COUNTS_TREE)?;
+        let audit = db.open_tree(AUDIT_TREE)?;
+        let audit_index = db.open_tree(AUDIT_INDEX_TREE)?;
+        let store = Store {
             db,
             locks,
             tenants,
+            counts,
+            audit,
+            audit_index,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_started: AtomicU64::new(0),
             flush_done: AtomicU64::new(0),
-        })
+        };
+        // A database from before the counters existed: count once, then keep them.
+        if store.counts.is_empty() && !store.locks.is_empty() {
+            store.rebuild_counts()?;
+        }
+        Ok(store)
     }
 
     /// The tenant a sender is locked to.
@@ -86,37 +117,34 @@ impl Store {
     /// Blocking: sled can stall for a long time on a big tree, so async callers run
     /// this on a blocking thread.
     pub fn lock_if_absent(&self, keys: &[SenderKey], tenant: TenantId) -> Result<LockOutcome, StoreError> {
-        let value = tenant.to_be_bytes();
-        if let [key] = keys {
-            return match self.locks.compare_and_swap(key.to_bytes(), None as Option<&[u8]>, Some(&value[..]))? {
-                Ok(()) => Ok(LockOutcome { tenant, created: true }),
-                Err(e) => {
-                    let current =
-                        e.current.ok_or_else(|| corrupt(LOCKS_TREE, "CAS from empty failed on an empty key"))?;
-                    Ok(LockOutcome { tenant: decode_tenant(&current)?, created: false })
-                }
-            };
-        }
-        let result = self.locks.transaction(|tx| {
+        self.lock_if_absent_by(keys, tenant, "webhook")
+    }
+
+    /// [`Store::lock_if_absent`] naming who locks, for the audit log. One sled
+    /// transaction over `locks`, `tenant_counts` and the audit trees: a lock never
+    /// exists without being counted and audited, even across a crash.
+    pub fn lock_if_absent_by(&self, keys: &[SenderKey], tenant: TenantId, actor: &str) -> Result<LockOutcome, StoreError> {
+        let now = admin::now_ms();
+        let result = (&self.locks, &self.counts, &self.audit, &self.audit_index).transaction(|(locks, counts, audit, index)| {
             let mut winner = None;
             for key in keys {
-                if let Some(v) = tx.get(key.to_bytes())? {
-                    winner = Some(decode_tenant(&v).map_err(sled::transaction::ConflictableTransactionError::Abort)?);
+                if let Some(v) = locks.get(key.to_bytes())? {
+                    winner = Some(decode_tenant(&v).map_err(ConflictableTransactionError::Abort)?);
                     break;
                 }
             }
             let holder = winner.unwrap_or(tenant);
             for key in keys {
-                if tx.get(key.to_bytes())?.is_none() {
-                    tx.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
+                if locks.get(key.to_bytes())?.is_none() {
+                    locks.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
+                    admin::tx_add_count(counts, holder, 1)?;
+                    let entry = AuditEntry::new(now, AuditAction::Lock, *key, actor, None, Some(holder));
+                    admin::tx_audit(audit, index, &entry)?;
                 }
             }
             Ok(LockOutcome { tenant: holder, created: winner.is_none() })
         });
-        result.map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+        result.map_err(tx_error)
     }
 
     /// Returns once everything written before the call is on disk. Concurrent
@@ -171,6 +199,13 @@ impl Store {
     }
 }
 
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
+    }
+}
+
 fn corrupt(tree: &'static str, detail: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt { tree, detail: detail.to_string() }
 }
@@ -216,7 +251,7 @@ mod tests {
     #[test]
     fn tenants_and_export_round_trip() {
         let (_dir, store) = open();
-        let t = TenantRecord { id: 2, name: "Saman".into(), url: None };
+        let t = TenantRecord { id: 2, name: "Saman".into(), url: None, signing_secret: None };
         store.put_tenant(&t).unwrap();
         store.put_tenant(&TenantRecord { url: Some("http://x/".into()), ..t.clone() }).unwrap();
         assert_eq!(store.tenants().unwrap()[0].url.as_deref(), Some("http://x/"));
