@@ -16,7 +16,8 @@
 //! - [`admin`]: the admin API (tokens, senders, tenants, links and QR codes, audit, backup).
 //! - [`metrics`]: Prometheus metrics with cached handles.
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
-//! - [`cli`]: the command line; `main.rs` only calls it.
+//! - [`cli`]: the command line; `main.rs` only calls it. [`ops`]: the operations commands.
+//! - [`waha_setup`]: `waha setup`, pointing a WAHA session's webhook at the router.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
@@ -31,12 +32,14 @@ pub mod ingest;
 pub mod locks;
 pub mod mapping;
 pub mod metrics;
+pub mod ops;
 pub mod registry;
 pub mod route;
 pub mod secrets;
 pub mod sender;
 pub mod server;
 pub mod store;
+pub mod waha_setup;
 pub mod webhook;
 
 use std::future::Future;

@@ -191,7 +191,13 @@ async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Api
         .await
         .map_err(|_| ApiError::BadRequest(format!("body must be JSON under {MAX_BODY} bytes")))?
         .to_bytes();
-    serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
+    let value: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))?;
+    // serde would also read a struct from an array; only objects are bodies here.
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("bad JSON body: {e}")))
 }
 
 /// A response with a non-JSON body (QR images, backups).

@@ -1,7 +1,9 @@
 //! The integration test crate: the real server on port 0, a real tenant backend,
 //! real sled data dirs. One crate with modules, so the library links once.
 
+mod admin;
 mod cli;
 mod routing;
+mod security;
 mod support;
 mod wire;
