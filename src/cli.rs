@@ -13,10 +13,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::admin::token::Role;
 use crate::config::{Config, ENV_CONFIG_PATH};
 use crate::registry::Registry;
 use crate::store::Store;
-use crate::admin::token::Role;
 use crate::{mapping, ops, App, Listeners};
 
 /// Exit code for a configuration problem (EX_USAGE).

@@ -80,7 +80,12 @@ impl Locks {
     }
 
     /// Admin: locks a sender to `tenant`, replacing any lock. Returns the previous tenant.
-    pub async fn reassign(&self, key: SenderKey, tenant: TenantId, actor: &str) -> Result<Option<TenantId>, StoreError> {
+    pub async fn reassign(
+        &self,
+        key: SenderKey,
+        tenant: TenantId,
+        actor: &str,
+    ) -> Result<Option<TenantId>, StoreError> {
         let store = Arc::clone(&self.store);
         let actor = actor.to_owned();
         let previous = tokio::task::spawn_blocking(move || store.set_lock(key, tenant, &actor))

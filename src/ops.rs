@@ -29,9 +29,8 @@ const CLI_ACTOR: &str = "cli";
 const MAX_BACKUP: usize = 8 * 1024 * 1024 * 1024;
 
 fn store(config: &Config) -> Result<(Store, Registry), BoxError> {
-    open_store(config).map_err(|e| {
-        format!("{e} (is the router running? stop it, or use the admin API: README \"Admin API\")").into()
-    })
+    open_store(config)
+        .map_err(|e| format!("{e} (is the router running? stop it, or use the admin API: README \"Admin API\")").into())
 }
 
 fn sender(phone: &str) -> Result<SenderKey, BoxError> {
@@ -156,7 +155,10 @@ pub fn backup(config: &Config, file: &Path) -> Result<(), BoxError> {
         std::fs::write(&tmp, &body)?;
         eprintln!("backup of {} bytes taken through the running router at {addr}", body.len());
     } else {
-        let (store, _) = store(config)?;
+        // Store only: loading the registry would upsert the config's tenants,
+        // and a backup must not change what it copies.
+        let store = Store::open(&config.data_dir.join("db"))
+            .map_err(|e| format!("{e} (is the router running on another address?)"))?;
         let mut out = BufWriter::with_capacity(1 << 20, File::create(&tmp)?);
         let records = store.backup(&mut out)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;

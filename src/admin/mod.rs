@@ -8,8 +8,8 @@
 //! (registry, links, QR codes, backup).
 
 pub mod qr;
-pub mod token;
 mod tenants;
+pub mod token;
 mod users;
 
 use bytes::Bytes;
@@ -172,7 +172,8 @@ async fn process(worker: &Worker, req: Request<Incoming>) -> Result<Response<Ful
 }
 
 fn authenticate(worker: &Worker, req: &Request<Incoming>) -> Result<Caller, ApiError> {
-    let header = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+    let header =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
     let (scheme, token) = header.split_once(' ').ok_or(ApiError::Unauthorized)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::Unauthorized);

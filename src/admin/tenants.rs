@@ -77,7 +77,9 @@ pub fn put(app: &App, id: TenantId, body: TenantBody) -> Answer {
         Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() >= MIN_SECRET => Some(s),
         Some(_) => {
-            return Err(ApiError::BadRequest(format!("signing_secret must be a string of at least {MIN_SECRET} characters or null")))
+            return Err(ApiError::BadRequest(format!(
+                "signing_secret must be a string of at least {MIN_SECRET} characters or null"
+            )))
         }
     };
     let record = TenantRecord { id, name: name.to_owned(), url, signing_secret };

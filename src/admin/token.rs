@@ -127,8 +127,9 @@ mod tests {
         let expired = issue(&secret, &Claims { exp: now_secs() - 1, ..good.clone() }).unwrap();
         let payload = b64(&serde_json::to_string(&good).unwrap());
         let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
-        let hs512 = encode(&Header::new(Algorithm::HS512), &good, &EncodingKey::from_secret(b"admin-secret-0123456789"))
-            .unwrap();
+        let hs512 =
+            encode(&Header::new(Algorithm::HS512), &good, &EncodingKey::from_secret(b"admin-secret-0123456789"))
+                .unwrap();
         let no_tenant = format!(
             "{}.{}",
             token.rsplit_once('.').unwrap().0.split_once('.').unwrap().0,

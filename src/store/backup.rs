@@ -77,7 +77,10 @@ impl Store {
                 let mut n = [0u8; 8];
                 read_exact(&mut input, &mut n)?;
                 if u64::from_be_bytes(n) != count {
-                    return Err(BackupError::Format(format!("trailer says {} records, read {count}", u64::from_be_bytes(n))));
+                    return Err(BackupError::Format(format!(
+                        "trailer says {} records, read {count}",
+                        u64::from_be_bytes(n)
+                    )));
                 }
                 break;
             }

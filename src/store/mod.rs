@@ -123,27 +123,33 @@ impl Store {
     /// [`Store::lock_if_absent`] naming who locks, for the audit log. One sled
     /// transaction over `locks`, `tenant_counts` and the audit trees: a lock never
     /// exists without being counted and audited, even across a crash.
-    pub fn lock_if_absent_by(&self, keys: &[SenderKey], tenant: TenantId, actor: &str) -> Result<LockOutcome, StoreError> {
+    pub fn lock_if_absent_by(
+        &self,
+        keys: &[SenderKey],
+        tenant: TenantId,
+        actor: &str,
+    ) -> Result<LockOutcome, StoreError> {
         let now = admin::now_ms();
-        let result = (&self.locks, &self.counts, &self.audit, &self.audit_index).transaction(|(locks, counts, audit, index)| {
-            let mut winner = None;
-            for key in keys {
-                if let Some(v) = locks.get(key.to_bytes())? {
-                    winner = Some(decode_tenant(&v).map_err(ConflictableTransactionError::Abort)?);
-                    break;
+        let result =
+            (&self.locks, &self.counts, &self.audit, &self.audit_index).transaction(|(locks, counts, audit, index)| {
+                let mut winner = None;
+                for key in keys {
+                    if let Some(v) = locks.get(key.to_bytes())? {
+                        winner = Some(decode_tenant(&v).map_err(ConflictableTransactionError::Abort)?);
+                        break;
+                    }
                 }
-            }
-            let holder = winner.unwrap_or(tenant);
-            for key in keys {
-                if locks.get(key.to_bytes())?.is_none() {
-                    locks.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
-                    admin::tx_add_count(counts, holder, 1)?;
-                    let entry = AuditEntry::new(now, AuditAction::Lock, *key, actor, None, Some(holder));
-                    admin::tx_audit(audit, index, &entry)?;
+                let holder = winner.unwrap_or(tenant);
+                for key in keys {
+                    if locks.get(key.to_bytes())?.is_none() {
+                        locks.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
+                        admin::tx_add_count(counts, holder, 1)?;
+                        let entry = AuditEntry::new(now, AuditAction::Lock, *key, actor, None, Some(holder));
+                        admin::tx_audit(audit, index, &entry)?;
+                    }
                 }
-            }
-            Ok(LockOutcome { tenant: holder, created: winner.is_none() })
-        });
+                Ok(LockOutcome { tenant: holder, created: winner.is_none() })
+            });
         result.map_err(tx_error)
     }
 

@@ -26,7 +26,9 @@ async fn stats_lookup_delete_and_reassign() {
     let data = dir.path().join("data");
     let router = Router::start(&setup, &data).await;
     let admin = admin_token();
-    for (from, link) in [("971509876543@c.us", 2), ("971501000001@c.us", 1), ("971501000002@c.us", 1), ("4639135154355@lid", 1)] {
+    for (from, link) in
+        [("971509876543@c.us", 2), ("971501000001@c.us", 1), ("971501000002@c.us", 1), ("4639135154355@lid", 1)]
+    {
         router.webhook(message(from, &format!("start_realty_{link}"))).await;
     }
     let expected = stats(4, json!({"1": 3, "2": 1}));
@@ -39,7 +41,10 @@ async fn stats_lookup_delete_and_reassign() {
     }
     for form in ["lid:4639135154355", "4639135154355@lid"] {
         let (status, body) = router.admin("GET", &format!("/api/gateway/user/{form}/tenant"), None, &admin).await;
-        assert_eq!((status, body["phone_number"].clone(), body["tenant_id"].clone()), (StatusCode::OK, json!("4639135154355@lid"), json!(1)));
+        assert_eq!(
+            (status, body["phone_number"].clone(), body["tenant_id"].clone()),
+            (StatusCode::OK, json!("4639135154355@lid"), json!(1))
+        );
     }
     assert_eq!(
         router.admin("GET", "/api/gateway/user/971500000000/tenant", None, &admin).await,
@@ -51,10 +56,22 @@ async fn stats_lookup_delete_and_reassign() {
         router.admin("DELETE", "/api/gateway/user/971509876543/mapping", None, &admin).await,
         (StatusCode::OK, json!({"status": "deleted", "previous_tenant_id": 2}))
     );
-    assert_eq!(router.admin("DELETE", "/api/gateway/user/971509876543/mapping", None, &admin).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(router.admin("GET", "/api/gateway/user/971509876543/tenant", None, &admin).await.0, StatusCode::NOT_FOUND);
-    assert_eq!(router.webhook(message("971509876543@c.us", "hello")).await.1, json!({"status": "unrouted", "reason": "no_deep_link"}));
-    assert_eq!(router.webhook(message("971509876543@c.us", "start_realty_3")).await.1, json!({"status": "routed", "tenant_id": 3}));
+    assert_eq!(
+        router.admin("DELETE", "/api/gateway/user/971509876543/mapping", None, &admin).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        router.admin("GET", "/api/gateway/user/971509876543/tenant", None, &admin).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        router.webhook(message("971509876543@c.us", "hello")).await.1,
+        json!({"status": "unrouted", "reason": "no_deep_link"})
+    );
+    assert_eq!(
+        router.webhook(message("971509876543@c.us", "start_realty_3")).await.1,
+        json!({"status": "routed", "tenant_id": 3})
+    );
     assert_eq!(backend.received().last().unwrap().header("x-gateway-new-session"), Some("true"));
 
     // Reassign a cached sender: the next message goes to the new tenant.
@@ -66,7 +83,10 @@ async fn stats_lookup_delete_and_reassign() {
             json!({"status": "reassigned", "phone_number": "971501000001", "previous_tenant_id": 1, "tenant_id": 2})
         )
     );
-    assert_eq!(router.webhook(message("971501000001@c.us", "hi again")).await.1, json!({"status": "routed", "tenant_id": 2}));
+    assert_eq!(
+        router.webhook(message("971501000001@c.us", "hi again")).await.1,
+        json!({"status": "routed", "tenant_id": 2})
+    );
     // Setting an unlocked sender locks it.
     let (status, body) =
         router.admin("PUT", "/api/gateway/user/971507777777/mapping", Some(json!({"tenant_id": 3})), &admin).await;
@@ -79,11 +99,13 @@ async fn stats_lookup_delete_and_reassign() {
         (json!({"tenant": 2}), StatusCode::BAD_REQUEST),
         (json!([2]), StatusCode::BAD_REQUEST),
     ] {
-        let (status, answer) = router.admin("PUT", "/api/gateway/user/971501000002/mapping", Some(body.clone()), &admin).await;
+        let (status, answer) =
+            router.admin("PUT", "/api/gateway/user/971501000002/mapping", Some(body.clone()), &admin).await;
         assert_eq!(status, code, "{body} -> {answer}");
         assert_eq!(answer["status"], "error");
     }
-    let (status, answer) = router.admin("PUT", "/api/gateway/user/971501000002/mapping", Some(json!({"tenant_id": 99})), &admin).await;
+    let (status, answer) =
+        router.admin("PUT", "/api/gateway/user/971501000002/mapping", Some(json!({"tenant_id": 99})), &admin).await;
     assert_eq!((status, answer), (StatusCode::NOT_FOUND, json!({"status": "error", "error": "tenant 99 not found"})));
 
     let expected = stats(5, json!({"1": 2, "2": 1, "3": 2}));
@@ -151,9 +173,15 @@ async fn tenants_crud_and_deleted_tenants_stop_forwarding() {
     assert_eq!(answer["tenant"]["signing_secret_set"], true);
     assert!(!answer.to_string().contains("tenant-2-signing-secret"), "the secret is never shown");
     let (_, answer) = router.admin("PUT", "/api/gateway/tenants/2", Some(json!({"name": "Saman"})), &admin).await;
-    assert_eq!((answer["status"].clone(), answer["tenant"]["signing_secret_set"].clone()), (json!("updated"), json!(true)));
+    assert_eq!(
+        (answer["status"].clone(), answer["tenant"]["signing_secret_set"].clone()),
+        (json!("updated"), json!(true))
+    );
     assert_eq!(router.admin("GET", "/api/gateway/tenants/2", None, &admin).await.1["tenant"]["name"], "Saman");
-    assert_eq!(router.webhook(message("971503000001@c.us", "back")).await.1, json!({"status": "routed", "tenant_id": 2}));
+    assert_eq!(
+        router.webhook(message("971503000001@c.us", "back")).await.1,
+        json!({"status": "routed", "tenant_id": 2})
+    );
 
     for bad in [
         json!({"name": ""}),
@@ -185,7 +213,10 @@ async fn links_and_qr_codes_decode_back_to_the_link() {
         assert_eq!((status, headers["content-type"].to_str().unwrap()), (StatusCode::OK, "image/png"));
         assert_eq!(decode_qr(&png), link);
     }
-    assert_eq!(router.admin("GET", "/api/gateway/tenants/9/qr.png", None, &admin_token()).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        router.admin("GET", "/api/gateway/tenants/9/qr.png", None, &admin_token()).await.0,
+        StatusCode::NOT_FOUND
+    );
     router.stop().await;
 }
 

@@ -3,6 +3,7 @@
 
 mod admin;
 mod cli;
+mod ops;
 mod routing;
 mod security;
 mod support;

@@ -92,7 +92,11 @@ async fn tenant_tokens_see_only_their_own_tenant() {
         ("GET", "/api/gateway/backup"),
     ] {
         let body = (method == "PUT").then(|| json!({"tenant_id": 1, "name": "x"}));
-        assert_eq!(router.admin(method, path, body, &t1).await, (StatusCode::FORBIDDEN, forbidden.clone()), "{method} {path}");
+        assert_eq!(
+            router.admin(method, path, body, &t1).await,
+            (StatusCode::FORBIDDEN, forbidden.clone()),
+            "{method} {path}"
+        );
     }
     assert_eq!(
         router.admin("GET", "/api/gateway/user/971505000001/tenant", None, &t1).await,
