@@ -157,3 +157,38 @@ impl Locks {
         self.cache.len()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::Sender;
+
+    /// The interleaving the epoch exists for, step by step: a lookup reads the
+    /// old tenant from sled, an admin change completes, then the lookup fills the
+    /// cache. The stale fill must not survive, in either order of (c) and (4).
+    #[tokio::test]
+    async fn a_fill_racing_an_admin_change_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let locks = Locks::new(Arc::new(Store::open(&dir.path().join("db")).unwrap()));
+        let key = SenderKey::Phone(971500000001);
+        locks.lock(Sender { key, alias: None }, 1).await.unwrap();
+        locks.cache.clear();
+
+        // Fill after the admin change finished.
+        let epoch = locks.epoch.load(Ordering::SeqCst); // (a)
+        let stale = locks.store.get_lock(key).unwrap().unwrap(); // (b): tenant 1
+        assert_eq!(locks.reassign(key, 2, "test").await.unwrap(), Some(1)); // (1)-(4)
+        locks.fill(key.cache_key(), stale, epoch); // (c), (d)
+        assert_eq!(locks.lookup(key).await.unwrap(), Some(2));
+
+        // Fill between the sled write and the eviction: the eviction removes it.
+        locks.cache.clear();
+        let epoch = locks.epoch.load(Ordering::SeqCst);
+        let stale = locks.store.get_lock(key).unwrap().unwrap(); // tenant 2
+        locks.store.delete_lock(key, "test").unwrap(); // (1)
+        locks.fill(key.cache_key(), stale, epoch); // (c) before (3): epoch unchanged, kept for now
+        locks.changed(key).await.unwrap(); // (2)-(4)
+        assert_eq!(locks.lookup(key).await.unwrap(), None);
+        assert_eq!(locks.cached(), 0);
+    }
+}

@@ -278,3 +278,36 @@ async fn audit_log_records_every_change_with_its_actor() {
     }
     router.stop().await;
 }
+
+/// Reassigns racing with lookups of the same sender: once a reassign has been
+/// answered, every later message goes to the new tenant (no stale cache entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reassign_racing_lookups_never_leaves_a_stale_cache() {
+    let (_dir, _backend, router) = setup().await;
+    let router = std::sync::Arc::new(router);
+    let admin = admin_token();
+    router.webhook(message("971508000001@c.us", "start_realty_1")).await;
+    for round in 0..15u32 {
+        let tenant = round % 3 + 1;
+        let readers: Vec<_> = (0..6)
+            .map(|_| {
+                let router = router.clone();
+                tokio::spawn(async move {
+                    for _ in 0..4 {
+                        let (status, _) = router.webhook(message("971508000001@c.us", "ping")).await;
+                        assert_eq!(status, StatusCode::OK);
+                    }
+                })
+            })
+            .collect();
+        let body = Some(json!({"tenant_id": tenant}));
+        let (status, _) = router.admin("PUT", "/api/gateway/user/971508000001/mapping", body, &admin).await;
+        assert_eq!(status, StatusCode::OK);
+        for r in readers {
+            r.await.unwrap();
+        }
+        let (_, answer) = router.webhook(message("971508000001@c.us", "after")).await;
+        assert_eq!(answer, json!({"status": "routed", "tenant_id": tenant}), "round {round}");
+    }
+    std::sync::Arc::try_unwrap(router).ok().unwrap().stop().await;
+}
