@@ -72,7 +72,12 @@ async fn process(
     };
     let current = app.locks.lookup_sender(&sender).await?;
     let (tenant, outcome) = match decide(link, may_lock, current, |t| app.registry.contains(t)) {
-        Decision::Skip(skip) => return Ok(skipped(skip)),
+        Decision::Skip(skip) => {
+            if let (Skip::NoDeepLink, Some(auto_reply)) = (skip, &app.auto_reply) {
+                auto_reply.notice(sender.key);
+            }
+            return Ok(skipped(skip));
+        }
         Decision::Forward { tenant, relock_refused } => {
             app.locks.join_alias(sender, tenant).await?;
             if relock_refused {

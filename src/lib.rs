@@ -23,6 +23,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod autoreply;
 pub mod cli;
 pub mod config;
 pub mod deeplink;
@@ -84,6 +85,8 @@ pub struct App {
     pub locks: Locks,
     pub registry: Registry,
     pub metrics: Metrics,
+    /// The optional reply to senders without a deep link (`waha.base_url`).
+    pub auto_reply: Option<autoreply::AutoReply>,
     /// Set when shutdown starts; `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
 }
@@ -98,7 +101,9 @@ impl App {
         let registry = Registry::load(&store, &config)?;
         let metrics = Metrics::new();
         metrics.tenants.set(registry.len() as f64);
+        let auto_reply = config.waha.auto_reply.clone().map(|c| autoreply::AutoReply::new(c, &metrics));
         Ok(Arc::new(App {
+            auto_reply,
             locks: Locks::new(Arc::clone(&store)),
             config,
             secrets,
@@ -154,6 +159,9 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
     stop_metrics.cancel();
     if let Some(task) = metrics_task {
         let _ = task.await;
+    }
+    if let Some(auto_reply) = &app.auto_reply {
+        auto_reply.close(std::time::Duration::from_secs(5)).await;
     }
     app.store.flush()?;
     tracing::info!("stopped");

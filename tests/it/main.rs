@@ -2,6 +2,7 @@
 //! real sled data dirs. One crate with modules, so the library links once.
 
 mod admin;
+mod autoreply;
 mod cli;
 mod ops;
 mod routing;
