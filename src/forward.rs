@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use hmac::{Hmac, Mac};
 use http::header::{HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
@@ -17,9 +18,11 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use sha2::Sha256;
 
 use crate::config::ForwardConfig;
 use crate::route::TenantId;
+use crate::secrets::Secret;
 use crate::sender::SenderKey;
 
 /// Tenant answers are read (so the connection can be reused) up to this size.
@@ -29,6 +32,8 @@ pub const HEADER_TENANT_ID: &str = "x-gateway-tenant-id";
 pub const HEADER_SENDER: &str = "x-gateway-sender";
 pub const HEADER_NEW_SESSION: &str = "x-gateway-new-session";
 pub const HEADER_REQUEST_ID: &str = "x-webhook-request-id";
+/// `sha256=<hex HMAC-SHA256 of the body>` with the tenant's signing secret, when it has one.
+pub const HEADER_SIGNATURE: &str = "x-gateway-signature";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -62,6 +67,16 @@ pub struct Outbound<'a> {
     pub new_session: bool,
     /// WAHA's `X-Webhook-Request-Id`, passed through.
     pub request_id: Option<&'a HeaderValue>,
+    /// The tenant's signing secret, if it set one.
+    pub signing_secret: Option<&'a Secret>,
+}
+
+/// The `X-Gateway-Signature` value for `body`: lets a tenant check that a forward
+/// came from the router (WAHA's own HMAC, if configured, is keyed for the router).
+pub fn signature(secret: &Secret, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 #[derive(Clone)]
@@ -102,6 +117,9 @@ impl Forwarder {
         }
         if let Some(id) = out.request_id {
             req = req.header(HEADER_REQUEST_ID, id);
+        }
+        if let Some(secret) = out.signing_secret {
+            req = req.header(HEADER_SIGNATURE, signature(secret, &out.body));
         }
         let req = req.body(Full::new(out.body)).map_err(|e| ForwardError::Request(e.to_string()))?;
         let exchange = async {

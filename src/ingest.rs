@@ -147,6 +147,7 @@ async fn forward(
             sender: sender.key,
             new_session: outcome == Outcome::LockedNew,
             request_id: headers.get(HEADER_REQUEST_ID),
+            signing_secret: target.signing_secret.as_ref(),
         })
         .await;
     app.metrics.forward_duration.record(started.elapsed().as_secs_f64());

@@ -11,6 +11,7 @@ use http::Uri;
 
 use crate::config::{parse_forward_url, tenant_url, Config};
 use crate::route::TenantId;
+use crate::secrets::Secret;
 use crate::store::{Store, StoreError, TenantRecord};
 
 /// A tenant ready for forwarding.
@@ -20,6 +21,8 @@ pub struct Tenant {
     pub name: String,
     /// Where its messages are POSTed.
     pub uri: Uri,
+    /// When set, forwards carry `X-Gateway-Signature` (see `forward`).
+    pub signing_secret: Option<Secret>,
 }
 
 pub struct Registry {
@@ -54,7 +57,15 @@ impl Registry {
     pub fn upsert(&self, record: TenantRecord) -> Result<(), RegistryError> {
         let url = tenant_url(&self.url_template, record.id, record.url.as_deref());
         let uri = parse_forward_url(&url).map_err(|message| RegistryError::BadUrl { id: record.id, message })?;
-        self.tenants.insert(record.id, Arc::new(Tenant { id: record.id, name: record.name, uri }));
+        self.tenants.insert(
+            record.id,
+            Arc::new(Tenant {
+                id: record.id,
+                name: record.name,
+                uri,
+                signing_secret: record.signing_secret.map(Secret::new),
+            }),
+        );
         Ok(())
     }
 

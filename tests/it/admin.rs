@@ -182,6 +182,14 @@ async fn tenants_crud_and_deleted_tenants_stop_forwarding() {
         router.webhook(message("971503000001@c.us", "back")).await.1,
         json!({"status": "routed", "tenant_id": 2})
     );
+    // Forwards to a tenant with a signing secret carry an HMAC-SHA256 of the body.
+    let last = backend.received().pop().unwrap();
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(b"tenant-2-signing-secret").unwrap();
+    hmac::Mac::update(&mut mac, &last.body);
+    let expected = format!("sha256={}", hex::encode(hmac::Mac::finalize(mac).into_bytes()));
+    assert_eq!(last.header("x-gateway-signature"), Some(expected.as_str()));
+    router.webhook(message("971503000002@c.us", "start_realty_1")).await;
+    assert_eq!(backend.received().pop().unwrap().header("x-gateway-signature"), None, "tenant 1 has no secret");
 
     for bad in [
         json!({"name": ""}),
