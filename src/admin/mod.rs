@@ -149,7 +149,7 @@ async fn process(worker: &Worker, req: Request<Incoming>) -> Result<Response<Ful
     if !allowed {
         return Err(ApiError::MethodNotAllowed(route.allow()));
     }
-    let caller = authenticate(worker, &req)?;
+    let caller = authenticate(worker, req.headers())?;
     if !route.permits(&caller.scope) {
         return Err(ApiError::Forbidden);
     }
@@ -162,8 +162,8 @@ async fn process(worker: &Worker, req: Request<Incoming>) -> Result<Response<Ful
         (Route::Audit, _) => users::audit(app, req.uri().query().unwrap_or("")),
         (Route::Tenants, _) => tenants::list(app),
         (Route::Tenant(id), Method::GET) => tenants::get(app, id),
-        (Route::Tenant(id), Method::PUT) => tenants::put(app, id, read_json(req).await?),
-        (Route::Tenant(id), _) => tenants::delete(app, id),
+        (Route::Tenant(id), Method::PUT) => tenants::put(app, id, read_json(req).await?).await,
+        (Route::Tenant(id), _) => tenants::delete(app, id).await,
         (Route::TenantLink(id), _) => tenants::link(app, id),
         (Route::TenantQrSvg(id), _) => tenants::qr(app, id, false),
         (Route::TenantQrPng(id), _) => tenants::qr(app, id, true),
@@ -171,9 +171,10 @@ async fn process(worker: &Worker, req: Request<Incoming>) -> Result<Response<Ful
     }
 }
 
-fn authenticate(worker: &Worker, req: &Request<Incoming>) -> Result<Caller, ApiError> {
-    let header =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
+/// Checks the bearer token (401 when missing or invalid). Public so that other
+/// `/api/gateway/...` endpoints can require the same tokens.
+pub fn authenticate(worker: &Worker, headers: &http::HeaderMap) -> Result<Caller, ApiError> {
+    let header = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or(ApiError::Unauthorized)?;
     let (scheme, token) = header.split_once(' ').ok_or(ApiError::Unauthorized)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(ApiError::Unauthorized);

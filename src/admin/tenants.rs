@@ -62,7 +62,7 @@ pub struct TenantBody {
     signing_secret: Option<Value>,
 }
 
-pub fn put(app: &App, id: TenantId, body: TenantBody) -> Answer {
+pub async fn put(app: &App, id: TenantId, body: TenantBody) -> Answer {
     let name = body.name.trim();
     if name.is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(ApiError::BadRequest(format!("name must be 1 to {MAX_NAME} printable characters")));
@@ -84,18 +84,18 @@ pub fn put(app: &App, id: TenantId, body: TenantBody) -> Answer {
     };
     let record = TenantRecord { id, name: name.to_owned(), url, signing_secret };
     app.store.put_tenant(&record)?;
-    app.store.flush()?;
+    app.store.durable().await?;
     app.registry.upsert(record.clone()).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let status = if existing.is_some() { "updated" } else { "created" };
     tracing::info!(tenant = id, status, "tenant saved");
     Ok(json_response(StatusCode::OK, &json!({"status": status, "tenant": view(app, &record)?})))
 }
 
-pub fn delete(app: &App, id: TenantId) -> Answer {
+pub async fn delete(app: &App, id: TenantId) -> Answer {
     if !app.store.remove_tenant(id)? {
         return Err(missing(id));
     }
-    app.store.flush()?;
+    app.store.durable().await?;
     app.registry.remove(id);
     let locked = app.store.count(id)?;
     tracing::info!(tenant = id, locked, "tenant deleted; its senders stay locked to it");

@@ -252,11 +252,13 @@ impl Store {
                 }
             }
             (sender, tenant) => {
-                // Walk the narrower index; check the other filter on the entry itself.
-                let (lo, hi) = match (sender, tenant) {
-                    (Some(s), _) => (sender_index(s, 0), sender_index(s, before)),
-                    (None, Some(t)) => (tenant_index(t, 0), tenant_index(t, before)),
-                    (None, None) => unreachable!("handled above"),
+                // Walk the narrower index (the sender's); check the tenant on the entry itself.
+                let (lo, hi) = match sender {
+                    Some(s) => (sender_index(s, 0), sender_index(s, before)),
+                    None => {
+                        let t = tenant.unwrap_or_default();
+                        (tenant_index(t, 0), tenant_index(t, before))
+                    }
                 };
                 for item in self.audit_index.range(lo..hi).rev() {
                     let (k, _) = item?;
