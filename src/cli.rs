@@ -1,4 +1,5 @@
-//! The command line: `serve` (the default) and the `mapping` tools.
+//! The command line: `serve` (the default), the `mapping`, `tenant`, `token`,
+//! `backup`/`restore` and `waha setup` tools (implemented in [`crate::ops`]).
 //!
 //! `main.rs` calls [`main`]; everything here returns an exit code instead of
 //! exiting, so the order is explicit: load and validate the config, open the data
@@ -12,10 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use crate::admin::token::Role;
 use crate::config::{Config, ENV_CONFIG_PATH};
 use crate::registry::Registry;
 use crate::store::Store;
-use crate::{mapping, App, Listeners};
+use crate::{mapping, ops, App, Listeners};
 
 /// Exit code for a configuration problem (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -36,9 +38,68 @@ struct Cli {
 enum Command {
     /// Run the router (the default).
     Serve,
-    /// Import or export the sender -> tenant mapping.
+    /// Import, export, look up, delete or set the sender -> tenant mapping.
     #[command(subcommand)]
     Mapping(MappingCommand),
+    /// Add, list or remove tenants (stop the router first).
+    #[command(subcommand)]
+    Tenant(TenantCommand),
+    /// Print an admin API token signed with `admin.jwt_secret`.
+    Token {
+        #[arg(long, value_enum)]
+        role: Role,
+        /// Required for `--role tenant`.
+        #[arg(long)]
+        tenant_id: Option<u32>,
+        /// Lifetime: 3600s, 90m, 24h, 30d.
+        #[arg(long, default_value = "24h")]
+        ttl: String,
+        /// Who holds the token (written to the audit log).
+        #[arg(long, default_value = "cli")]
+        sub: String,
+    },
+    /// Write a consistent backup of the data dir: through the running router if it
+    /// answers on `listen`, else directly from the (unused) data dir.
+    Backup { file: PathBuf },
+    /// Load a backup into an empty data dir (the router must be stopped).
+    Restore { file: PathBuf },
+    /// Configure WAHA.
+    #[command(subcommand)]
+    Waha(WahaCommand),
+}
+
+#[derive(Subcommand)]
+enum TenantCommand {
+    /// Add or update a tenant.
+    Add {
+        #[arg(long)]
+        id: u32,
+        #[arg(long)]
+        name: String,
+        /// Its own forward URL (default: `forward.url_template`).
+        #[arg(long)]
+        url: Option<String>,
+    },
+    /// List tenants as JSON lines.
+    List,
+    /// Remove a tenant; its senders stay locked to it and are not forwarded.
+    Remove { id: u32 },
+}
+
+#[derive(Subcommand)]
+enum WahaCommand {
+    /// Point a WAHA session's webhook at this router (idempotent).
+    Setup {
+        #[arg(long)]
+        waha_url: String,
+        #[arg(long, env = "WAHA_API_KEY", hide_env_values = true)]
+        waha_api_key: String,
+        #[arg(long, default_value = "default")]
+        session: String,
+        /// Where WAHA reaches the router (default: http://<listen>).
+        #[arg(long)]
+        public_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -47,6 +108,12 @@ enum MappingCommand {
     Import { file: PathBuf },
     /// Export every lock as `{"phone": tenant_id}` JSON (to stdout without FILE).
     Export { file: Option<PathBuf> },
+    /// Print the tenant a sender is locked to.
+    Get { phone: String },
+    /// Remove a sender's lock (its next deep link locks afresh).
+    Delete { phone: String },
+    /// Lock a sender to a tenant, replacing any lock.
+    Set { phone: String, tenant_id: u32 },
 }
 
 pub fn main() -> ExitCode {
@@ -63,6 +130,18 @@ pub fn main() -> ExitCode {
         Command::Serve => serve(config),
         Command::Mapping(MappingCommand::Import { file }) => import(config, file),
         Command::Mapping(MappingCommand::Export { file }) => export(config, file),
+        Command::Mapping(MappingCommand::Get { phone }) => ops::mapping_get(&config, &phone),
+        Command::Mapping(MappingCommand::Delete { phone }) => ops::mapping_delete(&config, &phone),
+        Command::Mapping(MappingCommand::Set { phone, tenant_id }) => ops::mapping_set(&config, &phone, tenant_id),
+        Command::Tenant(TenantCommand::Add { id, name, url }) => ops::tenant_add(&config, id, name, url),
+        Command::Tenant(TenantCommand::List) => ops::tenant_list(&config),
+        Command::Tenant(TenantCommand::Remove { id }) => ops::tenant_remove(&config, id),
+        Command::Token { role, tenant_id, ttl, sub } => ops::token(&config, role, tenant_id, &ttl, &sub),
+        Command::Backup { file } => ops::backup(&config, &file),
+        Command::Restore { file } => ops::restore(&config, &file),
+        Command::Waha(WahaCommand::Setup { waha_url, waha_api_key, session, public_url }) => {
+            ops::waha_setup(&config, waha_url, waha_api_key, session, public_url)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -81,7 +160,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(ansi).try_init();
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn serve(config: Config) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -135,7 +214,7 @@ pub async fn shutdown_signal() {
     tracing::info!(signal, "shutdown requested");
 }
 
-fn open_store(config: &Config) -> Result<(Store, Registry), BoxError> {
+pub(crate) fn open_store(config: &Config) -> Result<(Store, Registry), BoxError> {
     std::fs::create_dir_all(&config.data_dir)?;
     let secrets = crate::secrets::resolve(config)?;
     let store = Store::open(&config.data_dir.join("db"))?;

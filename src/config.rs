@@ -84,6 +84,19 @@ pub struct WahaConfig {
     pub api_key: Option<SecretSetting>,
     pub hmac_key: Option<SecretSetting>,
     pub allow_unauthenticated: bool,
+    /// Set when `waha.base_url` and `waha.unlinked_reply_text` are.
+    pub auto_reply: Option<AutoReplyConfig>,
+}
+
+/// The optional reply to senders who wrote without a deep link (`crate::autoreply`).
+#[derive(Clone, Debug)]
+pub struct AutoReplyConfig {
+    /// WAHA's API, e.g. `http://127.0.0.1:3000`.
+    pub base_url: String,
+    pub session: String,
+    pub text: String,
+    /// WAHA's own API key (`X-Api-Key` on calls to WAHA), not ours.
+    pub waha_api_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -305,6 +318,14 @@ struct RawWaha {
     hmac_key: Option<String>,
     #[serde(default, deserialize_with = "flex_bool")]
     allow_unauthenticated: bool,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    base_url: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    session: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    unlinked_reply_text: Option<String>,
+    #[serde(default, deserialize_with = "flex_opt_string")]
+    base_api_key: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -397,6 +418,36 @@ fn secret(key: &str, value: Option<String>) -> Result<Option<SecretSetting>, Con
     }
 }
 
+/// `waha.base_url` + `waha.unlinked_reply_text` turn the auto-reply on; one without the other is an error.
+fn auto_reply(raw: &RawWaha) -> Result<Option<AutoReplyConfig>, ConfigError> {
+    let base_url = raw.base_url.clone().filter(|s| !s.is_empty());
+    let text = raw.unlinked_reply_text.clone().filter(|s| !s.trim().is_empty());
+    let (base_url, text) = match (base_url, text) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(ConfigError::new("waha.unlinked_reply_text", "needed when waha.base_url is set"))
+        }
+        (None, Some(_)) => {
+            return Err(ConfigError::new("waha.base_url", "needed when waha.unlinked_reply_text is set"))
+        }
+        (Some(b), Some(t)) => (b, t),
+    };
+    parse_forward_url(&base_url).map_err(|e| ConfigError::new("waha.base_url", e))?;
+    if text.len() > 4096 {
+        return Err(ConfigError::new("waha.unlinked_reply_text", "must be at most 4096 bytes"));
+    }
+    let session = raw.session.clone().unwrap_or_else(|| "default".into());
+    if session.is_empty() || !session.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(ConfigError::new("waha.session", "must be letters, digits, `_` or `-`"));
+    }
+    Ok(Some(AutoReplyConfig {
+        base_url: base_url.trim_end_matches('/').to_owned(),
+        session,
+        text,
+        waha_api_key: raw.base_api_key.clone().filter(|s| !s.is_empty()),
+    }))
+}
+
 impl RawConfig {
     fn validate(self) -> Result<Config, ConfigError> {
         let listen: SocketAddr = self
@@ -426,10 +477,12 @@ impl RawConfig {
         if prefix.ends_with(|c: char| c.is_ascii_digit()) {
             return Err(ConfigError::new("deep_link_prefix", "must not end with a digit (the tenant id follows it)"));
         }
+        let auto_reply = auto_reply(&self.waha)?;
         let waha = WahaConfig {
             api_key: secret("waha.api_key", self.waha.api_key)?,
             hmac_key: secret("waha.hmac_key", self.waha.hmac_key)?,
             allow_unauthenticated: self.waha.allow_unauthenticated,
+            auto_reply,
         };
         if waha.api_key.is_none() && waha.hmac_key.is_none() && !waha.allow_unauthenticated {
             return Err(ConfigError::new(

@@ -22,10 +22,14 @@ pub enum ApiError {
     TooLarge(usize),
     #[error("{0}")]
     BadRequest(String),
+    /// A valid token without the right to this resource.
+    #[error("this token may not access that resource")]
+    Forbidden,
     #[error("no such endpoint")]
     NotFound,
+    /// A resource that does not exist, with what is missing ("tenant 9 not found").
     #[error("{0}")]
-    NotFoundMessage(String),
+    Missing(String),
     #[error("method not allowed")]
     MethodNotAllowed(&'static str),
     /// Storage failed: WAHA should retry later.
@@ -34,8 +38,6 @@ pub enum ApiError {
     /// The same message is being delivered by another request; WAHA retries.
     #[error("the same message is being delivered right now; retry shortly")]
     InProgress,
-    #[error("{0}")]
-    Forbidden(String),
 }
 
 impl From<DeliveryError> for ApiError {
@@ -59,11 +61,11 @@ impl ApiError {
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound | ApiError::NotFoundMessage(_) => StatusCode::NOT_FOUND,
+            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::NotFound | ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InProgress => StatusCode::CONFLICT,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 
@@ -76,6 +78,9 @@ impl ApiError {
         let mut resp = json_response(status, &body);
         if let ApiError::MethodNotAllowed(allow) = self {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }

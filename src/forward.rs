@@ -1,6 +1,8 @@
 //! Outbound delivery to tenant backends through one pooled hyper-util client.
 //!
-//! The only module that opens outbound connections. The body is forwarded as the
+//! The only module that opens outbound connections: tenant forwards on the
+//! request path, and [`request`], one-off calls for the command-line tools
+//! (`waha setup` talking to WAHA, `backup` talking to the running router). The body is forwarded as the
 //! exact bytes WAHA sent (a `Bytes` clone, no copy), so tenants can verify
 //! WAHA's HMAC themselves. Keep-alive, TCP_NODELAY, a connect timeout and a total
 //! timeout per request (connect + send + response + drain).
@@ -9,7 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_TYPE};
-use http::{Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -106,9 +108,13 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn new(config: &ForwardConfig) -> Forwarder {
+        Forwarder::with_limits(config.connect_timeout, config.pool_max_idle_per_host)
+    }
+
+    fn with_limits(connect_timeout: Duration, pool_max_idle_per_host: usize) -> Forwarder {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(config.connect_timeout));
+        http.set_connect_timeout(Some(connect_timeout));
         http.set_keepalive(Some(Duration::from_secs(60)));
         http.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -120,7 +126,7 @@ impl Forwarder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(config.pool_max_idle_per_host)
+            .pool_max_idle_per_host(pool_max_idle_per_host)
             .build(https);
         Forwarder { client }
     }
@@ -163,6 +169,40 @@ impl Forwarder {
         let kept = &body[..body.len().min(KEPT_RESPONSE_BYTES)];
         Err(ForwardError::Status { status, retry_after, body: String::from_utf8_lossy(kept).into_owned() })
     }
+}
+
+/// One request from a command-line tool (not the request path): a fresh client,
+/// `timeout` for the whole exchange, the answer read up to `max_response` bytes.
+/// Any status is returned; the caller decides what it means.
+pub async fn request(
+    method: Method,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<Bytes>,
+    timeout: Duration,
+    max_response: usize,
+) -> Result<(StatusCode, Bytes), ForwardError> {
+    let uri = crate::config::parse_forward_url(url).map_err(ForwardError::Request)?;
+    let forwarder = Forwarder::with_limits(timeout, 0);
+    let mut req = Request::builder().method(method).uri(uri);
+    if body.is_some() {
+        req = req.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Full::new(body.unwrap_or_default())).map_err(|e| ForwardError::Request(e.to_string()))?;
+    let exchange = async {
+        let resp = forwarder.client.request(req).await.map_err(|e| ForwardError::Request(error_chain(&e)))?;
+        let status = resp.status();
+        let body = Limited::new(resp.into_body(), max_response)
+            .collect()
+            .await
+            .map_err(|e| ForwardError::Request(format!("reading the answer: {e}")))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    tokio::time::timeout(timeout, exchange).await.map_err(|_| ForwardError::Timeout(timeout))?
 }
 
 /// "a: b: c" from an error and its sources; hyper-util's top-level message alone

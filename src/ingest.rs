@@ -77,9 +77,17 @@ async fn process(
     };
     let current = app.locks.lookup_sender(&sender).await?;
     let (tenant, outcome) = match decide(link, may_lock, current, |t| app.registry.contains(t)) {
-        Decision::Skip(skip) => return Ok(skipped(skip)),
+        Decision::Skip(skip) => {
+            if let (Skip::NoDeepLink, Some(auto_reply)) = (skip, &app.auto_reply) {
+                auto_reply.notice(sender.key);
+            }
+            return Ok(skipped(skip));
+        }
         Decision::Forward { tenant, relock_refused } => {
             app.locks.join_alias(sender, tenant).await?;
+            if relock_refused {
+                audit_refused(app, sender, tenant, link.and_then(|l| TenantId::try_from(l).ok()));
+            }
             (tenant, if relock_refused { Outcome::RelockRefused } else { Outcome::Routed })
         }
         Decision::Lock { tenant } => {
@@ -94,7 +102,10 @@ async fn process(
                 (true, _) => Outcome::LockedNew,
                 // Lost a race to another first message; that one's tenant wins.
                 (false, true) => Outcome::Routed,
-                (false, false) => Outcome::RelockRefused,
+                (false, false) => {
+                    audit_refused(app, sender, lock.tenant, Some(tenant));
+                    Outcome::RelockRefused
+                }
             };
             (lock.tenant, outcome)
         }
@@ -102,6 +113,14 @@ async fn process(
     // Without a key id or event id, identical bodies are the same message.
     let key = identity.unwrap_or_else(|| identity_hash(&[b"body", &body]));
     deliver(worker, &parts.headers, body, key, sender, tenant, outcome).await
+}
+
+/// Audits a refused relock. Best effort: the audit log must not fail a webhook.
+fn audit_refused(app: &crate::App, sender: Sender, held: TenantId, asked: Option<TenantId>) {
+    let Some(asked) = asked else { return };
+    if let Err(e) = app.store.audit_relock_refused(sender.key, held, asked) {
+        tracing::warn!(error = %e, "could not audit a refused relock");
+    }
 }
 
 fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {

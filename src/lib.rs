@@ -13,13 +13,17 @@
 //! - [`registry`]: tenants and their forward URLs.
 //! - [`forward`]: the only module that opens outbound connections.
 //! - [`auth`], [`ingest`], [`error`], [`server`]: the HTTP side.
+//! - [`admin`]: the admin API (tokens, senders, tenants, links and QR codes, audit, backup).
 //! - [`metrics`]: Prometheus metrics with cached handles.
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
-//! - [`cli`]: the command line; `main.rs` only calls it.
+//! - [`cli`]: the command line; `main.rs` only calls it. [`ops`]: the operations commands.
+//! - [`waha_setup`]: `waha setup`, pointing a WAHA session's webhook at the router.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
+pub mod admin;
 pub mod auth;
+pub mod autoreply;
 pub mod cli;
 pub mod config;
 pub mod deeplink;
@@ -30,12 +34,14 @@ pub mod ingest;
 pub mod locks;
 pub mod mapping;
 pub mod metrics;
+pub mod ops;
 pub mod registry;
 pub mod route;
 pub mod secrets;
 pub mod sender;
 pub mod server;
 pub mod store;
+pub mod waha_setup;
 pub mod webhook;
 
 use std::future::Future;
@@ -86,6 +92,8 @@ pub struct App {
     pub registry: Arc<Registry>,
     pub delivery: Arc<Delivery>,
     pub metrics: Arc<Metrics>,
+    /// The optional reply to senders without a deep link (`waha.base_url`).
+    pub auto_reply: Option<autoreply::AutoReply>,
     /// Set when shutdown starts; `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
 }
@@ -106,7 +114,9 @@ impl App {
             config.forward.timeout,
             Arc::clone(&metrics),
         )?);
+        let auto_reply = config.waha.auto_reply.clone().map(|c| autoreply::AutoReply::new(c, &metrics));
         Ok(Arc::new(App {
+            auto_reply,
             locks: Locks::new(Arc::clone(&store)),
             delivery,
             config,
@@ -182,6 +192,9 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
     stop_metrics.cancel();
     if let Some(task) = metrics_task {
         let _ = task.await;
+    }
+    if let Some(auto_reply) = &app.auto_reply {
+        auto_reply.close(std::time::Duration::from_secs(5)).await;
     }
     app.store.flush()?;
     tracing::info!("stopped");

@@ -78,7 +78,7 @@ pub fn import(reader: impl BufRead, store: &Store, registry: &Registry) -> Resul
             report.refused_unknown_tenant += 1;
             return;
         };
-        match store.lock_if_absent(&[sender], tenant) {
+        match store.lock_if_absent_by(&[sender], tenant, "import") {
             Ok(o) if o.created => report.added += 1,
             Ok(o) if o.tenant == tenant => report.kept += 1,
             Ok(_) => report.refused_locked += 1,

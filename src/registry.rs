@@ -1,7 +1,8 @@
 //! The tenant registry: which tenants exist and where their messages go.
 //!
 //! Lives in sled (through `store`); this module keeps an in-memory copy for the
-//! request path. Tenants from the config file are upserted at start.
+//! request path. Tenants from the config file are upserted at start; the admin
+//! API adds, updates and removes tenants at runtime (sled first, then here).
 
 use std::sync::Arc;
 
@@ -45,12 +46,14 @@ impl Registry {
     /// tenant. `global_secret` signs forwards of tenants without their own.
     pub fn load(store: &Store, config: &Config, global_secret: &str) -> Result<Registry, RegistryError> {
         for t in &config.tenants {
-            store.put_tenant(&TenantRecord {
-                id: t.id,
-                name: t.name.clone(),
-                url: t.url.clone(),
-                signing_secrets: t.signing_secrets.clone(),
-            })?;
+            // Secrets set through the admin API survive restarts unless the
+            // config names its own.
+            let signing_secrets = if t.signing_secrets.is_empty() {
+                store.get_tenant(t.id)?.map(|r| r.signing_secrets).unwrap_or_default()
+            } else {
+                t.signing_secrets.clone()
+            };
+            store.put_tenant(&TenantRecord { id: t.id, name: t.name.clone(), url: t.url.clone(), signing_secrets })?;
         }
         let mut global_keys = vec![SigningKey::parse(global_secret)
             .map_err(|e| RegistryError::BadSecret(format!("forward.signing_secret: {e}")))?];
@@ -63,12 +66,13 @@ impl Registry {
         let registry =
             Registry { tenants: DashMap::new(), url_template: config.forward.url_template.clone(), global_keys };
         for record in store.tenants()? {
-            registry.insert(record)?;
+            registry.upsert(record)?;
         }
         Ok(registry)
     }
 
-    fn insert(&self, record: TenantRecord) -> Result<(), RegistryError> {
+    /// Adds or replaces a tenant (already written to the store by the caller).
+    pub fn upsert(&self, record: TenantRecord) -> Result<(), RegistryError> {
         let url = tenant_url(&self.url_template, record.id, record.url.as_deref());
         let uri = parse_forward_url(&url).map_err(|message| RegistryError::BadUrl { id: record.id, message })?;
         let signing_keys = if record.signing_secrets.is_empty() {
@@ -88,6 +92,11 @@ impl Registry {
 
     pub fn get(&self, id: TenantId) -> Option<Arc<Tenant>> {
         self.tenants.get(&id).map(|t| Arc::clone(&t))
+    }
+
+    /// Forgets a tenant: its senders stay locked but are no longer forwarded.
+    pub fn remove(&self, id: TenantId) -> bool {
+        self.tenants.remove(&id).is_some()
     }
 
     pub fn contains(&self, id: TenantId) -> bool {

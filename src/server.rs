@@ -25,7 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{json_response, ApiError};
 use crate::forward::Forwarder;
-use crate::{ingest, App};
+use crate::{admin, ingest, App};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,6 +59,8 @@ pub async fn dispatch(worker: &Worker, req: Request<Incoming>) -> Response<Full<
             }
         }
         ("/healthz" | "/readyz", _) => ApiError::MethodNotAllowed("GET, HEAD").into_response(),
+        // Every other `/api/gateway/...` path is the admin API (404 for unknown ones).
+        (p, _) if p.starts_with(admin::PREFIX) => admin::handle(worker, req).await,
         _ => ApiError::NotFound.into_response(),
     }
 }

@@ -146,7 +146,7 @@ pub fn list(delivery: &Delivery, query: &str) -> Result<Value, ApiError> {
 pub fn replay(delivery: &Delivery, seq: u64) -> Result<Value, ApiError> {
     match delivery.replay(seq)? {
         Some(new_id) => Ok(json!({"status": "queued", "id": seq, "new_id": new_id})),
-        None => Err(ApiError::NotFoundMessage(format!("no dead letter with id {seq}"))),
+        None => Err(ApiError::Missing(format!("no dead letter with id {seq}"))),
     }
 }
 

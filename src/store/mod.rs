@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 
 use crate::route::TenantId;
 use crate::sender::SenderKey;
@@ -19,8 +20,21 @@ mod outbox;
 
 pub use outbox::{DeliveryRecord, DeliveryState};
 
+mod admin;
+mod backup;
+
+pub use admin::{AuditAction, AuditEntry, AuditQuery, Stats};
+pub use backup::{BackupError, BACKUP_MAGIC};
+
 const LOCKS_TREE: &str = "locks";
 const TENANTS_TREE: &str = "tenants";
+/// Tenant id (4 bytes BE) -> number of lock keys held (u64 BE); kept in the same
+/// transaction as every lock change, so stats never scan `locks`.
+const COUNTS_TREE: &str = "tenant_counts";
+/// Sequence (u64 BE) -> JSON [`AuditEntry`].
+const AUDIT_TREE: &str = "audit";
+/// `p` + sender key + seq, and `t` + tenant + seq: indexes of `audit` for paged filters.
+const AUDIT_INDEX_TREE: &str = "audit_index";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -62,6 +76,9 @@ pub struct Store {
     outbox: sled::Tree,
     dead: sled::Tree,
     dedupe: sled::Tree,
+    counts: sled::Tree,
+    audit: sled::Tree,
+    audit_index: sled::Tree,
     /// Serialises flushes; waiters queue here and usually find their write
     /// already covered by the flush that was running when they arrived.
     flush_lock: tokio::sync::Mutex<()>,
@@ -83,18 +100,29 @@ impl Store {
         let outbox = db.open_tree(outbox::OUTBOX_TREE)?;
         let dead = db.open_tree(outbox::DEAD_TREE)?;
         let dedupe = db.open_tree(outbox::DEDUPE_TREE)?;
-        Ok(Store {
+        let counts = db.open_tree(COUNTS_TREE)?;
+        let audit = db.open_tree(AUDIT_TREE)?;
+        let audit_index = db.open_tree(AUDIT_INDEX_TREE)?;
+        let store = Store {
             db,
             locks,
             tenants,
             outbox,
             dead,
             dedupe,
+            counts,
+            audit,
+            audit_index,
             flush_lock: tokio::sync::Mutex::new(()),
             flush_started: AtomicU64::new(0),
             flush_done: AtomicU64::new(0),
             fail_writes: AtomicBool::new(false),
-        })
+        };
+        // A database from before the counters existed: count once, then keep them.
+        if store.counts.is_empty() && !store.locks.is_empty() {
+            store.rebuild_counts()?;
+        }
+        Ok(store)
     }
 
     /// The tenant a sender is locked to.
@@ -108,38 +136,41 @@ impl Store {
     /// Blocking: sled can stall for a long time on a big tree, so async callers run
     /// this on a blocking thread.
     pub fn lock_if_absent(&self, keys: &[SenderKey], tenant: TenantId) -> Result<LockOutcome, StoreError> {
+        self.lock_if_absent_by(keys, tenant, "webhook")
+    }
+
+    /// [`Store::lock_if_absent`] naming who locks, for the audit log. One sled
+    /// transaction over `locks`, `tenant_counts` and the audit trees: a lock never
+    /// exists without being counted and audited, even across a crash.
+    pub fn lock_if_absent_by(
+        &self,
+        keys: &[SenderKey],
+        tenant: TenantId,
+        actor: &str,
+    ) -> Result<LockOutcome, StoreError> {
         self.check_writable()?;
-        let value = tenant.to_be_bytes();
-        if let [key] = keys {
-            return match self.locks.compare_and_swap(key.to_bytes(), None as Option<&[u8]>, Some(&value[..]))? {
-                Ok(()) => Ok(LockOutcome { tenant, created: true }),
-                Err(e) => {
-                    let current =
-                        e.current.ok_or_else(|| corrupt(LOCKS_TREE, "CAS from empty failed on an empty key"))?;
-                    Ok(LockOutcome { tenant: decode_tenant(&current)?, created: false })
+        let now = admin::now_ms();
+        let result =
+            (&self.locks, &self.counts, &self.audit, &self.audit_index).transaction(|(locks, counts, audit, index)| {
+                let mut winner = None;
+                for key in keys {
+                    if let Some(v) = locks.get(key.to_bytes())? {
+                        winner = Some(decode_tenant(&v).map_err(ConflictableTransactionError::Abort)?);
+                        break;
+                    }
                 }
-            };
-        }
-        let result = self.locks.transaction(|tx| {
-            let mut winner = None;
-            for key in keys {
-                if let Some(v) = tx.get(key.to_bytes())? {
-                    winner = Some(decode_tenant(&v).map_err(sled::transaction::ConflictableTransactionError::Abort)?);
-                    break;
+                let holder = winner.unwrap_or(tenant);
+                for key in keys {
+                    if locks.get(key.to_bytes())?.is_none() {
+                        locks.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
+                        admin::tx_add_count(counts, holder, 1)?;
+                        let entry = AuditEntry::new(now, AuditAction::Lock, *key, actor, None, Some(holder));
+                        admin::tx_audit(audit, index, &entry)?;
+                    }
                 }
-            }
-            let holder = winner.unwrap_or(tenant);
-            for key in keys {
-                if tx.get(key.to_bytes())?.is_none() {
-                    tx.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
-                }
-            }
-            Ok(LockOutcome { tenant: holder, created: winner.is_none() })
-        });
-        result.map_err(|e| match e {
-            sled::transaction::TransactionError::Abort(e) => e,
-            sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+                Ok(LockOutcome { tenant: holder, created: winner.is_none() })
+            });
+        result.map_err(tx_error)
     }
 
     /// Returns once everything written before the call is on disk. Concurrent
@@ -205,6 +236,13 @@ impl Store {
                 serde_json::from_slice(&v).map_err(|e| corrupt(TENANTS_TREE, e))
             })
             .collect()
+    }
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Sled(e),
     }
 }
 

@@ -429,3 +429,68 @@ async fn a_failing_store_gets_503_and_loses_nothing() {
     assert_eq!(router.metric("whatsapp_router_webhooks_total{event=\"message\",outcome=\"store_error\"}").await, 2.0);
     router.stop().await;
 }
+
+/// A tenant's 4xx (other than 408/429) is permanent: the message is a dead
+/// letter at once, visible through the API with the answer; replay delivers it.
+#[tokio::test]
+async fn permanent_refusals_are_dead_letters_that_can_be_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    let router = Router::start(&fast(&backend), &dir.path().join("data")).await;
+    let admin = admin_token();
+    backend.set_status(422);
+    let first = numbered("971598000001@c.us", 0);
+    let (status, body) = router.webhook(first.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["status"], "dead_lettered", "{body}");
+    assert_eq!(body["tenant_status"], 422);
+    let id = body["delivery_id"].as_u64().unwrap();
+    // The next message of the sender is not held behind a dead letter.
+    backend.set_status(200);
+    assert_eq!(router.webhook(numbered("971598000001@c.us", 1)).await.1["status"], "routed");
+
+    let (status, page) = router.admin("GET", "/api/gateway/deliveries?state=dead", None, &admin).await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let dead = &page["deliveries"][0];
+    assert_eq!(dead["id"], id);
+    assert_eq!(dead["state"], "dead");
+    assert_eq!(dead["tenant_id"], 3);
+    assert_eq!(dead["last_status"], 422);
+    assert_eq!(dead["response_body"], "{\"error\":\"tenant says no\"}");
+    assert_eq!(dead["sender"], "971598000001");
+    assert_eq!(page["next_after"], serde_json::Value::Null);
+    assert_eq!(router.metric("whatsapp_router_queue_dead").await, 1.0);
+    // Filters and paging.
+    let (_, other) = router.admin("GET", "/api/gateway/deliveries?state=dead&tenant_id=1", None, &admin).await;
+    assert_eq!(other["deliveries"], json!([]));
+    let (_, parked) = router.admin("GET", "/api/gateway/deliveries?state=parked&limit=10", None, &admin).await;
+    assert_eq!(parked["deliveries"], json!([]));
+    for bad in ["state=gone", "limit=0", "limit=501", "tenant_id=x", "after=-1", "colour=red"] {
+        let (status, _) = router.admin("GET", &format!("/api/gateway/deliveries?{bad}"), None, &admin).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}");
+    }
+
+    let (status, answer) = router.admin("POST", &format!("/api/gateway/deliveries/{id}/replay"), None, &admin).await;
+    assert_eq!((status, answer["status"].as_str()), (StatusCode::OK, Some("queued")), "{answer}");
+    let got = backend.wait_for(2, 10).await;
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].body, first, "the replayed message, byte for byte");
+    let (status, _) = router.admin("POST", &format!("/api/gateway/deliveries/{id}/replay"), None, &admin).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "replayed once");
+
+    // A tenant-wide replay.
+    backend.set_status(404);
+    for n in 0..3 {
+        let sender = format!("97159800010{n}@c.us");
+        assert_eq!(router.webhook(numbered(&sender, 0)).await.1["status"], "dead_lettered");
+    }
+    backend.set_status(200);
+    let (_, answer) = router.admin("POST", "/api/gateway/tenants/3/replay", None, &admin).await;
+    assert_eq!(answer, json!({"status": "queued", "tenant_id": 3, "replayed": 3}));
+    assert_eq!(backend.wait_for(5, 10).await.len(), 5);
+    // Tenant tokens cannot see the queue.
+    let tenant_token = tenant_token(3);
+    let (status, _) = router.admin("GET", "/api/gateway/deliveries", None, &tenant_token).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    router.stop().await;
+}

@@ -24,6 +24,22 @@ use whatsapp_router::{Config, Listeners};
 
 pub const API_KEY: &str = "test-api-key-0123456789";
 pub const HMAC_KEY: &str = "test_hmac_key_long_enough";
+pub const ADMIN_SECRET: &str = "test-admin-jwt-secret-0123456789";
+
+/// An admin API token signed with the test config's secret.
+pub fn token(role: whatsapp_router::admin::token::Role, tenant: Option<u32>) -> String {
+    use whatsapp_router::admin::token::{issue, Claims};
+    let claims = Claims::new("tester", role, tenant, Duration::from_secs(600));
+    issue(&whatsapp_router::secrets::Secret::new(ADMIN_SECRET), &claims).unwrap()
+}
+
+pub fn admin_token() -> String {
+    token(whatsapp_router::admin::token::Role::Admin, None)
+}
+
+pub fn tenant_token(tenant: u32) -> String {
+    token(whatsapp_router::admin::token::Role::Tenant, Some(tenant))
+}
 
 /// A fixture body, byte for byte.
 pub fn fixture(path: &str) -> Bytes {
@@ -172,7 +188,8 @@ impl Setup {
     pub fn toml(&self, data_dir: &Path) -> String {
         let mut text = format!(
             "listen = \"127.0.0.1:0\"\nmetrics_listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\ngateway_phone = \"971557357753\"\ndrain_timeout_ms = 2000\n{}\n\
-             [waha]\napi_key = \"{API_KEY}\"\n{}\n[forward]\nurl_template = \"{}\"\ntimeout_ms = 2000\n",
+             [waha]\napi_key = \"{API_KEY}\"\n{}\n[forward]\nurl_template = \"{}\"\ntimeout_ms = 2000\n\
+             [admin]\njwt_secret = \"{ADMIN_SECRET}\"\n",
             data_dir.display(),
             self.extra_top,
             self.extra_waha,
@@ -224,6 +241,24 @@ impl Router {
         send(self.addr, "POST", path, body, headers).await
     }
 
+    /// An admin API call with a bearer token and an optional JSON body.
+    pub async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<serde_json::Value>,
+        token: &str,
+    ) -> (StatusCode, serde_json::Value) {
+        let bearer = format!("Bearer {token}");
+        let body = body.map_or_else(Bytes::new, |b| Bytes::from(b.to_string()));
+        send(self.addr, method, path, body, &[("authorization", &bearer)]).await
+    }
+
+    /// A GET with a bearer token, returning the raw answer (images, backups).
+    pub async fn admin_raw(&self, path: &str, token: &str) -> (StatusCode, HeaderMap, Bytes) {
+        send_raw(self.addr, "GET", path, Bytes::new(), &[("authorization", &format!("Bearer {token}"))]).await
+    }
+
     pub async fn metric(&self, name_and_labels: &str) -> f64 {
         let (_, text) = get_text(self.metrics_addr, "/metrics").await;
         metric_value(&text, name_and_labels)
@@ -257,6 +292,22 @@ pub async fn send(
     let bytes = resp.into_body().collect().await.unwrap().to_bytes();
     let json = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
     (status, json)
+}
+
+pub async fn send_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Bytes,
+    headers: &[(&str, &str)],
+) -> (StatusCode, HeaderMap, Bytes) {
+    let mut req = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = client().request(req.body(Full::new(body)).unwrap()).await.expect("router answers");
+    let (parts, body) = resp.into_parts();
+    (parts.status, parts.headers, body.collect().await.unwrap().to_bytes())
 }
 
 pub async fn get_text(addr: SocketAddr, path: &str) -> (StatusCode, String) {
