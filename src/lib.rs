@@ -90,8 +90,12 @@ impl App {
         std::fs::create_dir_all(&config.data_dir).map_err(data_err)?;
         let secrets = secrets::resolve(&config).map_err(data_err)?;
         let store = Arc::new(Store::open(&config.data_dir.join("db"))?);
+        // One scan of the lock tree, before anything can insert (see `count_locks`).
+        let started = std::time::Instant::now();
+        let locks = store.count_locks();
+        tracing::info!(locks, elapsed_ms = started.elapsed().as_millis() as u64, "counted locks");
         let registry = Registry::load(&store, &config)?;
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_tenant_labels(config.metrics_tenant_labels);
         metrics.tenants.set(registry.len() as f64);
         Ok(Arc::new(App {
             locks: Locks::new(Arc::clone(&store)),
@@ -107,6 +111,7 @@ impl App {
     /// The Prometheus text for `GET /metrics`.
     pub fn render_metrics(&self) -> String {
         self.metrics.tenants.set(self.registry.len() as f64);
+        self.metrics.locks.set(self.store.lock_count() as f64);
         self.metrics.render()
     }
 }

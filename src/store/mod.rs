@@ -57,6 +57,10 @@ pub struct Store {
     flush_started: AtomicU64,
     /// Generation of the most recently completed successful flush.
     flush_done: AtomicU64,
+    /// Keys in the lock tree: the scan of [`Store::count_locks`] plus every key
+    /// inserted through this handle. Keeps the `whatsapp_router_locks` gauge
+    /// exact without a scan per scrape (`Tree::len` walks the whole tree).
+    lock_keys: AtomicU64,
 }
 
 impl Store {
@@ -72,7 +76,23 @@ impl Store {
             flush_lock: tokio::sync::Mutex::new(()),
             flush_started: AtomicU64::new(0),
             flush_done: AtomicU64::new(0),
+            lock_keys: AtomicU64::new(0),
         })
+    }
+
+    /// Counts the lock tree once, so [`Store::lock_count`] is right from the start.
+    /// A full scan: about a second per few million locks (README, "Metrics"), so
+    /// it runs once at start, before the router serves. Locks inserted while it
+    /// runs would be counted twice; the router calls it before it accepts any.
+    pub fn count_locks(&self) -> u64 {
+        let n = self.locks.len() as u64;
+        self.lock_keys.fetch_add(n, Ordering::Relaxed);
+        n
+    }
+
+    /// Keys in the lock tree: the start-up count plus what was inserted since.
+    pub fn lock_count(&self) -> u64 {
+        self.lock_keys.load(Ordering::Relaxed)
     }
 
     /// The tenant a sender is locked to.
@@ -89,7 +109,10 @@ impl Store {
         let value = tenant.to_be_bytes();
         if let [key] = keys {
             return match self.locks.compare_and_swap(key.to_bytes(), None as Option<&[u8]>, Some(&value[..]))? {
-                Ok(()) => Ok(LockOutcome { tenant, created: true }),
+                Ok(()) => {
+                    self.lock_keys.fetch_add(1, Ordering::Relaxed);
+                    Ok(LockOutcome { tenant, created: true })
+                }
                 Err(e) => {
                     let current =
                         e.current.ok_or_else(|| corrupt(LOCKS_TREE, "CAS from empty failed on an empty key"))?;
@@ -106,17 +129,22 @@ impl Store {
                 }
             }
             let holder = winner.unwrap_or(tenant);
+            let mut inserted = 0u64;
             for key in keys {
                 if tx.get(key.to_bytes())?.is_none() {
                     tx.insert(&key.to_bytes()[..], &holder.to_be_bytes()[..])?;
+                    inserted += 1;
                 }
             }
-            Ok(LockOutcome { tenant: holder, created: winner.is_none() })
+            Ok((LockOutcome { tenant: holder, created: winner.is_none() }, inserted))
         });
-        result.map_err(|e| match e {
+        // A transaction closure may run several times; only the committed run counts.
+        let (outcome, inserted) = result.map_err(|e| match e {
             sled::transaction::TransactionError::Abort(e) => e,
             sled::transaction::TransactionError::Storage(e) => StoreError::Sled(e),
-        })
+        })?;
+        self.lock_keys.fetch_add(inserted, Ordering::Relaxed);
+        Ok(outcome)
     }
 
     /// Returns once everything written before the call is on disk. Concurrent
@@ -224,6 +252,27 @@ mod tests {
         store.lock_if_absent(&[Phone(4)], 2).unwrap();
         let all: Vec<_> = store.locks().collect::<Result<_, _>>().unwrap();
         assert_eq!(all, vec![(Phone(4), 2), (Lid(3), 2)]);
+    }
+
+    #[test]
+    fn lock_count_survives_reopen_and_counts_keys_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(&dir.path().join("db")).unwrap();
+            assert_eq!(store.count_locks(), 0);
+            store.lock_if_absent(&[Phone(1)], 2).unwrap();
+            store.lock_if_absent(&[Phone(1)], 3).unwrap();
+            store.lock_if_absent(&[Lid(9), Phone(5)], 4).unwrap();
+            store.lock_if_absent(&[Lid(10), Phone(5)], 4).unwrap();
+            store.lock_if_absent(&[Lid(10), Phone(5)], 4).unwrap();
+            assert_eq!(store.lock_count(), 4);
+            store.flush().unwrap();
+        }
+        let store = Store::open(&dir.path().join("db")).unwrap();
+        assert_eq!(store.lock_count(), 0, "not counted before count_locks");
+        assert_eq!(store.count_locks(), 4);
+        store.lock_if_absent(&[Phone(6)], 2).unwrap();
+        assert_eq!(store.lock_count(), 5);
     }
 
     #[tokio::test]

@@ -2,6 +2,9 @@
 //! real sled data dirs. One crate with modules, so the library links once.
 
 mod cli;
+mod logs;
+mod metrics;
+mod prometheus;
 mod routing;
 mod support;
 mod wire;
