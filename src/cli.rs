@@ -78,7 +78,9 @@ pub fn main() -> ExitCode {
 /// one JSON object per line with the event's fields at the top level.
 fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr);
+    // A closed stderr (a log collector gone) must not take the router down:
+    // tracing's own report of a failed write would go to stderr and panic.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).log_internal_errors(false);
     let _ = match format {
         LogFormat::Human => builder.with_ansi(io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),

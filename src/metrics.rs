@@ -37,8 +37,9 @@ pub const STORE_FLUSH_DURATION: &str = "whatsapp_router_store_flush_duration_sec
 pub const TENANTS: &str = "whatsapp_router_tenants";
 
 /// Every metric family this module exports, by the name in the exposition
-/// (histograms add `_bucket`, `_sum`, `_count`). The dashboard and README tests
-/// check against the scrape; this list is what the scrape must contain.
+/// (histograms add `_bucket`, `_sum`, `_count`); the two `tenant_*` families
+/// only with `metrics_tenant_labels`. The dashboard and README tests check
+/// against a scrape; this list is what that scrape must contain.
 pub fn families() -> impl Iterator<Item = &'static str> {
     [
         WEBHOOKS_TOTAL,

@@ -22,7 +22,8 @@ async fn starts_with_no_config_and_generates_secrets() {
         .spawn()
         .unwrap();
     let stderr = BufReader::new(child.stderr.take().unwrap());
-    let lines = std::thread::spawn(move || stderr.lines().take(3).map(Result::unwrap).collect::<Vec<_>>());
+    // Read to the end: a reader that stops early closes the pipe under the router.
+    let lines = std::thread::spawn(move || stderr.lines().map_while(Result::ok).collect::<Vec<_>>());
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     wait_ready(addr).await;
     let key_path = dir.path().join("data/secrets/waha_api_key");
