@@ -6,7 +6,7 @@
 //! dir, and only then bind ports.
 
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader, BufWriter, IsTerminal};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -14,7 +14,7 @@ use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
 use crate::admin::token::Role;
-use crate::config::{Config, ENV_CONFIG_PATH};
+use crate::config::{Config, LogFormat, ENV_CONFIG_PATH};
 use crate::registry::Registry;
 use crate::store::Store;
 use crate::{mapping, ops, App, Listeners};
@@ -118,7 +118,7 @@ enum MappingCommand {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // Tracing needs the config (`log_format`); a config error is printed plainly.
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -126,6 +126,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    init_tracing(config.log_format);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(config),
         Command::Mapping(MappingCommand::Import { file }) => import(config, file),
@@ -152,12 +153,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`): readable lines, or
+/// one JSON object per line with the event's fields at the top level.
+fn init_tracing(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    // Colours only for a person at a terminal; logs collected by systemd or a
-    // test harness stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(ansi).try_init();
+    // A closed stderr (a log collector gone) must not take the router down:
+    // tracing's own report of a failed write would go to stderr and panic.
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).log_internal_errors(false);
+    let _ = match format {
+        LogFormat::Human => builder.with_ansi(io::stderr().is_terminal()).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    };
 }
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -166,16 +172,27 @@ fn serve(config: Config) -> Result<(), BoxError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         let app = App::open(config)?;
+        // Through tracing, so a JSON log stays all JSON; the path, never the secret.
         for path in &app.secrets.generated {
-            eprintln!("whatsapp-router: generated a new secret in {}", path.display());
+            tracing::info!("generated a new secret in {}", path.display());
         }
         let listeners = Listeners::bind(&app.config).await?;
+        // The config summary: no secrets, no URLs (they may carry credentials),
+        // no phone numbers.
+        let c = &app.config;
         tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
             listen = %listeners.http.local_addr()?,
-            metrics = ?listeners.metrics.as_ref().map(|l| l.local_addr()).transpose()?,
-            data_dir = %app.config.data_dir.display(),
+            metrics = %listeners.metrics.as_ref().map(|l| l.local_addr()).transpose()?.map_or("off".into(), |a| a.to_string()),
+            data_dir = %c.data_dir.display(),
             tenants = app.registry.len(),
+            locks = app.store.lock_count().unwrap_or(0),
             webhook_auth = auth_summary(&app),
+            deep_link_prefix = %c.deep_link_prefix,
+            forward_timeout_ms = c.forward.timeout.as_millis() as u64,
+            drain_timeout_ms = c.drain_timeout.as_millis() as u64,
+            metrics_tenant_labels = c.metrics_tenant_labels,
+            log_format = c.log_format.as_str(),
             "whatsapp-router started"
         );
         crate::serve(app, listeners, shutdown_signal()).await?;

@@ -51,6 +51,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Where `GET /metrics` is served; `None` turns the listener off.
     pub metrics_listen: Option<SocketAddr>,
+    /// Whether a few counters carry a `tenant_id` label (off for huge tenant counts).
+    pub metrics_tenant_labels: bool,
+    pub log_format: LogFormat,
     pub data_dir: PathBuf,
     pub gateway_phone: String,
     pub deep_link_prefix: String,
@@ -77,6 +80,24 @@ pub struct DeliveryConfig {
     pub max_in_flight_per_tenant: usize,
     pub dedupe_window: Duration,
     pub dedupe_max_entries: usize,
+}
+
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line per event (the default).
+    Human,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl LogFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogFormat::Human => "human",
+            LogFormat::Json => "json",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -249,6 +270,10 @@ struct RawConfig {
     listen: String,
     #[serde(default = "default_metrics_listen", deserialize_with = "flex_string")]
     metrics_listen: String,
+    #[serde(default = "default_true", deserialize_with = "flex_bool")]
+    metrics_tenant_labels: bool,
+    #[serde(default = "default_log_format", deserialize_with = "flex_string")]
+    log_format: String,
     #[serde(default = "default_data_dir", deserialize_with = "flex_string")]
     data_dir: String,
     #[serde(deserialize_with = "flex_string")]
@@ -386,6 +411,12 @@ fn default_listen() -> String {
 fn default_metrics_listen() -> String {
     "127.0.0.1:9464".into()
 }
+fn default_true() -> bool {
+    true
+}
+fn default_log_format() -> String {
+    "human".into()
+}
 fn default_data_dir() -> String {
     "data".into()
 }
@@ -459,6 +490,13 @@ impl RawConfig {
             addr => Some(addr.parse().map_err(|_| {
                 ConfigError::new("metrics_listen", format!("`{addr}` is not an address:port (or \"off\")"))
             })?),
+        };
+        let log_format = match self.log_format.as_str() {
+            "human" => LogFormat::Human,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::new("log_format", format!("`{other}` is not \"human\" or \"json\"")));
+            }
         };
         if self.data_dir.is_empty() {
             return Err(ConfigError::new("data_dir", "must not be empty"));
@@ -551,6 +589,8 @@ impl RawConfig {
         Ok(Config {
             listen,
             metrics_listen,
+            metrics_tenant_labels: self.metrics_tenant_labels,
+            log_format,
             data_dir: PathBuf::from(self.data_dir),
             gateway_phone: self.gateway_phone,
             deep_link_prefix: self.deep_link_prefix,

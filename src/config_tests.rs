@@ -26,6 +26,8 @@ fn embedded_default_is_valid_and_complete() {
     assert_eq!(c.waha.api_key, Some(SecretSetting::Generate));
     assert_eq!(c.admin.jwt_secret, SecretSetting::Generate);
     assert_eq!(c.forward.timeout, Duration::from_millis(5000));
+    assert!(c.metrics_tenant_labels);
+    assert_eq!(c.log_format, LogFormat::Human);
 }
 
 #[test]
@@ -46,6 +48,8 @@ fn env_overrides_every_level() {
             ("WHATSAPP_ROUTER_FORWARD__TIMEOUT_MS", "250"),
             ("WHATSAPP_ROUTER_WAHA__ALLOW_UNAUTHENTICATED", "true"),
             ("WHATSAPP_ROUTER_WAHA__HMAC_KEY", "1234567890123456"),
+            ("WHATSAPP_ROUTER_METRICS_TENANT_LABELS", "false"),
+            ("WHATSAPP_ROUTER_LOG_FORMAT", "json"),
             (
                 "WHATSAPP_ROUTER_TENANTS",
                 r#"[{id = 2, name = "Saman"}, {id = 3, name = "B", url = "https://b.example/x"}]"#,
@@ -60,6 +64,8 @@ fn env_overrides_every_level() {
     assert_eq!(c.forward.timeout, Duration::from_millis(250));
     assert!(c.waha.allow_unauthenticated);
     assert_eq!(c.waha.hmac_key, Some(SecretSetting::Value("1234567890123456".into())));
+    assert!(!c.metrics_tenant_labels);
+    assert_eq!(c.log_format, LogFormat::Json);
     assert_eq!(c.tenants.len(), 2);
     assert_eq!(c.tenant_url(&c.tenants[0]), "http://127.0.0.1:9000/tenants/2/whatsapp");
     assert_eq!(c.tenant_url(&c.tenants[1]), "https://b.example/x");
@@ -88,6 +94,8 @@ fn errors_name_the_key() {
     check_error(MINIMAL, &[("WHATSAPP_ROUTER_FORWARD__BOGUS", "1")], "forward.bogus");
     check_error(MINIMAL, &[("WHATSAPP_ROUTER_WAHA__API_KEY", "short")], "waha.api_key");
     check_error(MINIMAL, &[("WHATSAPP_ROUTER_WAHA__ALLOW_UNAUTHENTICATED", "maybe")], "waha.allow_unauthenticated");
+    check_error(MINIMAL, &[("WHATSAPP_ROUTER_LOG_FORMAT", "xml")], "log_format");
+    check_error(MINIMAL, &[("WHATSAPP_ROUTER_METRICS_TENANT_LABELS", "1")], "metrics_tenant_labels");
     check_error("gateway_phone = \"1\"\n", &[], "waha.api_key");
     check_error("[waha]\napi_key = \"0123456789abcdef0123\"\n", &[], "gateway_phone");
     check_error(&format!("unknown = 1\n{MINIMAL}"), &[], "unknown");

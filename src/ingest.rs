@@ -95,7 +95,7 @@ async fn process(
             let lock = app.locks.lock(sender, tenant).await?;
             app.metrics.store_flush.record(started.elapsed().as_secs_f64());
             if lock.created {
-                app.metrics.locks_created.increment(1);
+                app.metrics.lock_created(lock.tenant);
                 tracing::info!(sender = %sender.key.masked(), tenant = lock.tenant, "sender locked to tenant");
             }
             let outcome = match (lock.created, lock.tenant == tenant) {
@@ -155,13 +155,14 @@ async fn deliver(
         body,
     };
     let accepted = app.delivery.deliver(&worker.forwarder, &target, message).await?;
+    // The one line per routed request; the sender is masked, as everywhere in logs.
     tracing::debug!(
         sender = %sender.key.masked(),
         tenant,
         outcome = outcome.as_str(),
         result = ?accepted,
         elapsed_us = started.elapsed().as_micros() as u64,
-        "webhook handled"
+        "forwarded"
     );
     let (outcome, body) = match accepted {
         Accepted::Delivered => (outcome, json!({"status": "routed", "tenant_id": tenant})),

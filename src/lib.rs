@@ -106,7 +106,7 @@ impl App {
         let secrets = secrets::resolve(&config).map_err(data_err)?;
         let store = Arc::new(Store::open(&config.data_dir.join("db"))?);
         let registry = Arc::new(Registry::load(&store, &config, secrets.signing_secret.expose())?);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::with_tenant_labels(config.metrics_tenant_labels));
         metrics.tenants.set(registry.len() as f64);
         let delivery = Arc::new(Delivery::open(
             Arc::clone(&store),
@@ -132,6 +132,10 @@ impl App {
     pub fn render_metrics(&self) -> String {
         self.metrics.tenants.set(self.registry.len() as f64);
         self.delivery.export_metrics();
+        match self.store.lock_count() {
+            Ok(n) => self.metrics.locks.set(n as f64),
+            Err(e) => tracing::warn!(error = %e, "cannot count locks for the metrics"),
+        }
         self.metrics.render()
     }
 }

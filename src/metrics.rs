@@ -2,21 +2,37 @@
 //!
 //! Each [`Metrics`] owns its own recorder (not the process-global one), so two
 //! routers in one process, as in the tests, never mix their counts. Handles are
-//! registered once at start; recording is then a few atomic adds. Labels come
-//! from closed sets, never from request data (no per-sender or raw-path labels).
+//! registered once at start, or once per tenant / HTTP label set on first use;
+//! recording is then a few atomic adds, never a registry lookup by name.
+//! Labels come from closed sets, never from request data: no per-sender and no
+//! raw-path labels. The one open label, `tenant_id`, sits on two counters only
+//! and is switched off by `metrics_tenant_labels = false` ([`tenant`]).
+//!
+//! Submodules: [`requests`] (HTTP request duration by route template), [`tenant`]
+//! (per-tenant counters), [`process`] (RSS, CPU, fds, rendered at scrape time).
+
+mod process;
+mod requests;
+mod tenant;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::route::Skip;
+pub use self::process::PROCESS_FAMILIES;
+pub use self::requests::{Route, HTTP_REQUEST_DURATION};
+pub use self::tenant::{TENANT_FORWARDS_TOTAL, TENANT_LOCKS_CREATED_TOTAL};
+use crate::route::{Skip, TenantId};
 
 pub const WEBHOOKS_TOTAL: &str = "whatsapp_router_webhooks_total";
 pub const FORWARDS_TOTAL: &str = "whatsapp_router_forwards_total";
 pub const FORWARD_DURATION: &str = "whatsapp_router_forward_duration_seconds";
 pub const LOCKS_CREATED_TOTAL: &str = "whatsapp_router_locks_created_total";
+pub const LOCKS: &str = "whatsapp_router_locks";
 pub const STORE_FLUSH_DURATION: &str = "whatsapp_router_store_flush_duration_seconds";
 pub const TENANTS: &str = "whatsapp_router_tenants";
 pub const QUEUE_PARKED: &str = "whatsapp_router_queue_parked";
@@ -24,6 +40,32 @@ pub const QUEUE_DEAD: &str = "whatsapp_router_queue_dead";
 pub const DELIVERY_RETRIES_TOTAL: &str = "whatsapp_router_delivery_retries_total";
 pub const DEAD_LETTERS_TOTAL: &str = "whatsapp_router_dead_letters_total";
 pub const BREAKERS_OPEN: &str = "whatsapp_router_breakers_open";
+
+/// Every metric family this module exports, by the name in the exposition
+/// (histograms add `_bucket`, `_sum`, `_count`); the two `tenant_*` families
+/// only with `metrics_tenant_labels`. The dashboard and README tests check
+/// against a scrape; this list is what that scrape must contain.
+pub fn families() -> impl Iterator<Item = &'static str> {
+    [
+        WEBHOOKS_TOTAL,
+        FORWARDS_TOTAL,
+        FORWARD_DURATION,
+        LOCKS_CREATED_TOTAL,
+        LOCKS,
+        STORE_FLUSH_DURATION,
+        TENANTS,
+        HTTP_REQUEST_DURATION,
+        TENANT_FORWARDS_TOTAL,
+        TENANT_LOCKS_CREATED_TOTAL,
+        QUEUE_PARKED,
+        QUEUE_DEAD,
+        DELIVERY_RETRIES_TOTAL,
+        DEAD_LETTERS_TOTAL,
+        BREAKERS_OPEN,
+    ]
+    .into_iter()
+    .chain(PROCESS_FAMILIES.iter().map(|(name, _, _)| *name))
+}
 
 /// Event types get their own label value; anything else is `other`.
 pub const EVENTS: [&str; 8] = [
@@ -107,6 +149,10 @@ pub fn event_index(event: &str) -> usize {
 /// Forward outcomes (`whatsapp_router_forwards_total{outcome}`).
 pub const FORWARD_OUTCOMES: [&str; 5] = ["ok", "status_4xx", "status_5xx", "timeout", "connect_error"];
 
+/// Histogram buckets for every `_seconds` metric: 0.5 ms (a cached lookup plus a
+/// local forward) up to 10 s (past the longest forward timeout anyone should set).
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
@@ -114,7 +160,7 @@ pub struct Metrics {
     webhooks: Vec<Vec<(Outcome, Counter)>>,
     forwards: Vec<Counter>,
     pub forward_duration: Histogram,
-    pub locks_created: Counter,
+    locks_created: Counter,
     pub store_flush: Histogram,
     pub tenants: Gauge,
     pub queue_parked: Gauge,
@@ -122,36 +168,43 @@ pub struct Metrics {
     pub delivery_retries: Counter,
     pub dead_letters: Counter,
     pub breakers_open: Gauge,
+    /// Sender keys in the lock table; set from the store at each scrape.
+    pub locks: Gauge,
+    /// `whatsapp_router_http_request_duration_seconds`, one slot per label set,
+    /// registered on first use so label sets that never occur are not exported.
+    http: [OnceLock<Histogram>; requests::SLOTS],
+    /// Per-tenant counters; `None` when `metrics_tenant_labels = false`.
+    per_tenant: Option<tenant::PerTenant>,
     upkeep_running: AtomicBool,
 }
 
 impl Metrics {
+    /// Metrics with per-tenant counters on.
     pub fn new() -> Metrics {
-        let buckets = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+        Metrics::with_tenant_labels(true)
+    }
+
+    /// `tenant_labels`: whether the `tenant_id` counters exist (config key
+    /// `metrics_tenant_labels`; off for very large tenant counts).
+    pub fn with_tenant_labels(tenant_labels: bool) -> Metrics {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &buckets)
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &BUCKETS)
             .expect("bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let meta = Metadata::new(module_path!(), metrics::Level::INFO, None);
-        let counter =
-            |name: &'static str, labels: Vec<Label>| recorder.register_counter(&Key::from_parts(name, labels), &meta);
-        let describe = |name: &'static str, unit: Option<Unit>, help: &'static str| {
-            recorder.describe_counter(name.into(), unit, SharedString::const_str(help));
+        let counter = |name: &'static str, labels: Vec<Label>| register_counter(&recorder, name, labels);
+        let describe_counter = |name: &'static str, help: &'static str| {
+            recorder.describe_counter(name.into(), None, SharedString::const_str(help));
         };
-        describe(WEBHOOKS_TOTAL, None, "Webhooks received, by event type and outcome.");
-        describe(FORWARDS_TOTAL, None, "Forwards to tenant backends, by outcome.");
-        describe(LOCKS_CREATED_TOTAL, None, "Senders locked to a tenant by a first contact.");
-        recorder.describe_histogram(
-            FORWARD_DURATION.into(),
-            Some(Unit::Seconds),
-            "Time from sending a forward to the tenant's complete answer.".into(),
-        );
-        recorder.describe_histogram(
-            STORE_FLUSH_DURATION.into(),
-            Some(Unit::Seconds),
-            "Time a caller waited for a durable store flush (group commit).".into(),
-        );
+        let describe_seconds = |name: &'static str, help: &'static str| {
+            recorder.describe_histogram(name.into(), Some(Unit::Seconds), SharedString::const_str(help));
+        };
+        describe_counter(WEBHOOKS_TOTAL, "Webhooks received, by event type and outcome.");
+        describe_counter(FORWARDS_TOTAL, "Forwards to tenant backends, by outcome.");
+        describe_counter(LOCKS_CREATED_TOTAL, "Senders locked to a tenant by a first contact.");
+        describe_seconds(FORWARD_DURATION, "Time from sending a forward to the tenant's complete answer.");
+        describe_seconds(STORE_FLUSH_DURATION, "Time a caller waited for a durable store flush (group commit).");
+        describe_seconds(HTTP_REQUEST_DURATION, "Time to answer a request on the webhook listener, by route template.");
         recorder.describe_gauge(TENANTS.into(), None, "Tenants in the registry.".into());
         recorder.describe_gauge(
             QUEUE_PARKED.into(),
@@ -164,42 +217,45 @@ impl Metrics {
             None,
             "Tenants whose circuit breaker is open or half-open.".into(),
         );
-        describe(
+        describe_counter(
             DELIVERY_RETRIES_TOTAL,
-            None,
             "Failed delivery attempts from the queue (each is retried or dead-lettered).",
         );
-        describe(DEAD_LETTERS_TOTAL, None, "Messages moved to the dead letters.");
+        describe_counter(DEAD_LETTERS_TOTAL, "Messages moved to the dead letters.");
+        recorder.describe_gauge(
+            LOCKS.into(),
+            None,
+            "Sender keys locked to a tenant (a sender known by phone and LID counts twice).".into(),
+        );
+        if tenant_labels {
+            describe_counter(TENANT_FORWARDS_TOTAL, "Forwards to tenant backends, by tenant and outcome.");
+            describe_counter(TENANT_LOCKS_CREATED_TOTAL, "Senders locked by a first contact, by tenant.");
+        }
 
         let webhooks = EVENTS
             .iter()
             .map(|event| {
                 Outcome::all()
                     .map(|o| {
-                        (
-                            o,
-                            counter(
-                                WEBHOOKS_TOTAL,
-                                vec![Label::new("event", *event), Label::new("outcome", o.as_str())],
-                            ),
-                        )
+                        let labels = vec![Label::new("event", *event), Label::new("outcome", o.as_str())];
+                        (o, counter(WEBHOOKS_TOTAL, labels))
                     })
                     .collect()
             })
             .collect();
         let forwards =
             FORWARD_OUTCOMES.iter().map(|o| counter(FORWARDS_TOTAL, vec![Label::new("outcome", *o)])).collect();
+        let meta = metadata();
         let forward_duration = recorder.register_histogram(&Key::from_name(FORWARD_DURATION), &meta);
         let store_flush = recorder.register_histogram(&Key::from_name(STORE_FLUSH_DURATION), &meta);
         let tenants = recorder.register_gauge(&Key::from_name(TENANTS), &meta);
+        let locks = recorder.register_gauge(&Key::from_name(LOCKS), &meta);
         let locks_created = counter(LOCKS_CREATED_TOTAL, vec![]);
         let gauge = |name: &'static str| recorder.register_gauge(&Key::from_name(name), &meta);
         let (queue_parked, queue_dead, breakers_open) = (gauge(QUEUE_PARKED), gauge(QUEUE_DEAD), gauge(BREAKERS_OPEN));
         let delivery_retries = counter(DELIVERY_RETRIES_TOTAL, vec![]);
         let dead_letters = counter(DEAD_LETTERS_TOTAL, vec![]);
         Metrics {
-            recorder,
-            handle,
             webhooks,
             forwards,
             forward_duration,
@@ -211,25 +267,40 @@ impl Metrics {
             delivery_retries,
             dead_letters,
             breakers_open,
+            locks,
+            http: std::array::from_fn(|_| OnceLock::new()),
+            per_tenant: tenant_labels.then(DashMap::new),
             upkeep_running: AtomicBool::new(false),
+            recorder,
+            handle,
         }
     }
 
     pub fn webhook(&self, event: usize, outcome: Outcome) {
-        if let Some((_, c)) = self.webhooks[event].iter().find(|(o, _)| *o == outcome) {
+        if let Some((_, c)) = self.webhooks.get(event).and_then(|e| e.iter().find(|(o, _)| *o == outcome)) {
             c.increment(1);
         }
     }
 
-    pub fn forward(&self, outcome: &str) {
+    /// One forward to `tenant` ended with `outcome` (one of [`FORWARD_OUTCOMES`]).
+    pub fn forward(&self, tenant: TenantId, outcome: &'static str) {
         if let Some(i) = FORWARD_OUTCOMES.iter().position(|o| *o == outcome) {
             self.forwards[i].increment(1);
+            self.tenant_forward(tenant, i);
         }
     }
 
-    /// The Prometheus text exposition of every metric.
+    /// A first contact locked a sender to `tenant`.
+    pub fn lock_created(&self, tenant: TenantId) {
+        self.locks_created.increment(1);
+        self.tenant_lock_created(tenant);
+    }
+
+    /// The Prometheus text exposition of every metric, process metrics included.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut text = self.handle.render();
+        process::render(&mut text);
+        text
     }
 
     /// Drains histogram samples into their buckets. Without this, samples pile up
@@ -243,7 +314,8 @@ impl Metrics {
 
     pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
-    /// The recorder, for code that must use the `metrics` macros.
+    /// The recorder, for code that must use the `metrics` macros
+    /// (`metrics::with_local_recorder(app.metrics.recorder(), || ...)`).
     pub fn recorder(&self) -> &PrometheusRecorder {
         &self.recorder
     }
@@ -252,5 +324,48 @@ impl Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
+    }
+}
+
+fn metadata() -> Metadata<'static> {
+    Metadata::new(module_path!(), metrics::Level::INFO, None)
+}
+
+fn register_counter(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>) -> Counter {
+    recorder.register_counter(&Key::from_parts(name, labels), &metadata())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_exported_after_use() {
+        let m = Metrics::new();
+        m.webhook(0, Outcome::Routed);
+        m.forward(7, "ok");
+        m.lock_created(7);
+        m.http_request(Route::Webhook, &http::Method::POST, http::StatusCode::OK, 0.001);
+        let text = m.render();
+        for family in families() {
+            assert!(text.contains(&format!("# TYPE {family} ")), "{family} missing from:\n{text}");
+        }
+        let tenant = |labels: &str| format!("whatsapp_router_tenant_forwards_total{{tenant_id=\"7\",{labels}}}");
+        assert!(text.contains(&format!("{} 1\n", tenant("outcome=\"ok\""))), "{text}");
+        // Every outcome of a tenant exists from its first event, so the first
+        // failure is an increase from 0 that rate() can see.
+        assert!(text.contains(&format!("{} 0\n", tenant("outcome=\"timeout\""))), "{text}");
+        assert!(text.contains("whatsapp_router_tenant_locks_created_total{tenant_id=\"7\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn tenant_labels_can_be_switched_off() {
+        let m = Metrics::with_tenant_labels(false);
+        m.forward(7, "timeout");
+        m.lock_created(7);
+        let text = m.render();
+        assert!(text.contains("whatsapp_router_forwards_total{outcome=\"timeout\"} 1"), "{text}");
+        assert!(text.contains("whatsapp_router_locks_created_total 1"), "{text}");
+        assert!(!text.contains("tenant_id"), "{text}");
     }
 }

@@ -9,7 +9,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::error::{json_response, ApiError};
 use crate::forward::Forwarder;
+use crate::metrics::Route;
 use crate::{admin, ingest, App};
 
 /// How long a client may take to send its request headers.
@@ -65,6 +66,15 @@ pub async fn dispatch(worker: &Worker, req: Request<Incoming>) -> Response<Full<
     }
 }
 
+/// [`dispatch`], recording the request's duration under its route template.
+async fn timed(worker: &Worker, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let started = Instant::now();
+    let (route, method) = (Route::of(req.uri().path()), req.method().clone());
+    let resp = dispatch(worker, req).await;
+    worker.app.metrics.http_request(route, &method, resp.status(), started.elapsed().as_secs_f64());
+    resp
+}
+
 /// Serves `listener` until `shutdown` resolves, then drains. Every connection
 /// task is tracked; none outlives the drain deadline unnoticed.
 pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
@@ -89,7 +99,7 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
                 let worker = Arc::clone(&worker);
                 let service = service_fn(move |req| {
                     let worker = Arc::clone(&worker);
-                    async move { Ok::<_, Infallible>(dispatch(&worker, req).await) }
+                    async move { Ok::<_, Infallible>(timed(&worker, req).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
                 tracker.spawn(async move {

@@ -323,7 +323,7 @@ impl Delivery {
             .await
             .map(|_| ());
         self.metrics.forward_duration.record(started.elapsed().as_secs_f64());
-        self.metrics.forward(result.as_ref().map_or_else(ForwardError::kind, |()| "ok"));
+        self.metrics.forward(record.tenant, result.as_ref().map_or_else(ForwardError::kind, |()| "ok"));
         if let Err(e) = &result {
             tracing::debug!(tenant = record.tenant, seq = record.seq, error = %e, "forward failed");
         }

@@ -323,6 +323,7 @@ pub struct Process {
     pub child: Child,
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn binary() -> Command {
@@ -351,12 +352,14 @@ impl Process {
         let (tx, rx) = std::sync::mpsc::channel();
         let log = Arc::new(Mutex::new(String::new()));
         let log_writer = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             use std::io::BufRead;
             let mut tx = Some(tx);
             for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(rest) = line.split("listen=").nth(1) {
-                    let addr = rest.split_whitespace().next().unwrap_or("").trim_matches('"').to_owned();
+                // `listen=ADDR` in human logs, `"listen":"ADDR"` in JSON logs.
+                let rest = line.split("listen=").nth(1).or_else(|| line.split("\"listen\":").nth(1));
+                if let Some(rest) = rest {
+                    let addr = rest.trim_start_matches('"').split(['"', ' ', ',']).next().unwrap_or("").to_owned();
                     if let Some(tx) = tx.take() {
                         let _ = tx.send(addr);
                     }
@@ -371,7 +374,19 @@ impl Process {
             .unwrap_or_else(|_| panic!("router did not log its address; stderr:\n{}", log.lock().unwrap()));
         let addr: SocketAddr = addr.parse().unwrap();
         wait_ready(addr).await;
-        Process { child, addr, log }
+        Process { child, addr, log, reader: Some(reader) }
+    }
+
+    /// Waits for the process to exit and for its stderr to be read to the end.
+    pub async fn finish(mut self) -> (std::process::ExitStatus, String) {
+        let reader = self.reader.take();
+        let log = self.log.clone();
+        let status = self.wait_exit().await;
+        if let Some(reader) = reader {
+            tokio::task::spawn_blocking(move || reader.join()).await.unwrap().unwrap();
+        }
+        let text = log.lock().unwrap().clone();
+        (status, text)
     }
 
     /// What the process wrote to stderr so far.
@@ -405,6 +420,12 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback port nothing listens on (bound and released; for servers that
+/// cannot report the port they got, like a Prometheus started by a test).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 pub async fn wait_ready(addr: SocketAddr) {
