@@ -70,6 +70,13 @@ impl BreakerState {
     }
 }
 
+/// Lanes to wake after an attempt: some now, maybe one later (the next trial).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Wake {
+    pub now: Vec<u64>,
+    pub later: Option<(u64, Instant)>,
+}
+
 /// Breakers and delivery slots of every tenant, created on first use.
 pub struct Tenants {
     config: BreakerConfig,
@@ -81,10 +88,12 @@ struct Entry {
     breaker: BreakerState,
     slots: Arc<Semaphore>,
     /// Lanes waiting for this tenant's breaker to close. They have no timer:
-    /// one lane carries the half-open trial, and a success wakes them all, so a
-    /// dead tenant with thousands of parked senders costs one attempt per
-    /// backoff step, not thousands of wake-ups.
+    /// one lane (`trial`) carries the next half-open attempt, and a success
+    /// wakes them all, so a dead tenant with thousands of parked senders costs
+    /// one attempt per breaker period, not thousands of wake-ups.
     blocked: Vec<u64>,
+    /// The trial lane and when it became one.
+    trial: Option<(u64, Instant)>,
 }
 
 impl Tenants {
@@ -97,6 +106,7 @@ impl Tenants {
             breaker: BreakerState::Closed { failures: 0 },
             slots: Arc::new(Semaphore::new(self.max_in_flight)),
             blocked: Vec::new(),
+            trial: None,
         });
         f(&mut entry)
     }
@@ -114,29 +124,51 @@ impl Tenants {
         })
     }
 
-    /// Records an attempt's result. On success, returns the lanes that were
-    /// waiting for the breaker to close.
-    pub fn record(&self, tenant: TenantId, success: bool, now: Instant) -> Vec<u64> {
+    /// Records an attempt's result for `lane`. Returns the lanes to schedule:
+    /// on success every lane that waited for the breaker (now), on failure the
+    /// next trial lane (at the end of the new open period), so that while lanes
+    /// wait there is always exactly one scheduled to try.
+    pub fn record(&self, tenant: TenantId, lane: u64, success: bool, now: Instant) -> Wake {
         let config = self.config;
         self.with(tenant, |e| {
             e.breaker.record(success, now, &config);
-            if success {
-                std::mem::take(&mut e.blocked)
-            } else {
-                Vec::new()
+            if e.trial.is_some_and(|(t, _)| t == lane) {
+                e.trial = None;
             }
+            if success {
+                e.trial = None;
+                return Wake { now: std::mem::take(&mut e.blocked), later: None };
+            }
+            let later = match (e.trial, e.breaker) {
+                (None, BreakerState::Open { until }) => e.blocked.pop().map(|next| {
+                    e.trial = Some((next, now));
+                    (next, until)
+                }),
+                _ => None,
+            };
+            Wake { now: Vec::new(), later }
         })
     }
 
-    /// Parks a lane until the tenant's breaker closes. Returns true if it is the
-    /// first such lane, which then carries the next half-open trial itself.
-    pub fn block(&self, tenant: TenantId, lane: u64) -> bool {
-        self.with(tenant, |e| {
-            let first = e.blocked.is_empty();
-            if !first {
-                e.blocked.push(lane);
+    /// A lane's head may not go yet (open breaker). Returns true if the lane
+    /// should be scheduled for the breaker's next trial (it is the trial lane);
+    /// false if it now waits, without a timer, for the trial to succeed.
+    /// A trial is due within one open period; one that has not reported after
+    /// two (its lane vanished) is replaced, so waiting lanes never stall.
+    pub fn wait_for_breaker(&self, tenant: TenantId, lane: u64, now: Instant) -> bool {
+        let stale_after = self.config.open_for * 2 + Duration::from_secs(10);
+        self.with(tenant, |e| match e.trial {
+            Some((trial, _)) if trial == lane => true,
+            Some((_, since)) if now.saturating_duration_since(since) < stale_after => {
+                if !e.blocked.contains(&lane) {
+                    e.blocked.push(lane);
+                }
+                false
             }
-            first
+            _ => {
+                e.trial = Some((lane, now));
+                true
+            }
         })
     }
 
@@ -182,6 +214,33 @@ mod tests {
         assert_eq!(b.admit(t0 + Duration::from_secs(21)), Admit::Yes);
         b.record(true, t0 + Duration::from_secs(21), &config);
         assert_eq!(b.admit(t0 + Duration::from_secs(21)), Admit::Yes);
+    }
+
+    /// Lanes waiting on an open breaker: one carries the trial; a failed trial
+    /// hands the trial on (nothing stalls); a success wakes everyone.
+    #[test]
+    fn waiting_lanes_always_have_a_trial() {
+        let t0 = Instant::now();
+        let t = Tenants::new(BreakerConfig { failures: 1, open_for: Duration::from_secs(10) }, 4);
+        assert_eq!(t.record(1, 100, false, t0), Wake::default(), "opens; nobody waits yet");
+        assert!(t.wait_for_breaker(1, 100, t0), "the first waiting lane is the trial");
+        assert!(t.wait_for_breaker(1, 100, t0), "and stays it when told to wait again");
+        assert!(!t.wait_for_breaker(1, 101, t0));
+        assert!(!t.wait_for_breaker(1, 102, t0));
+        // The trial fails: another waiting lane becomes the trial at the new reopen time.
+        let wake = t.record(1, 100, false, t0 + Duration::from_secs(10));
+        assert_eq!(wake.now, Vec::<u64>::new());
+        assert_eq!(wake.later, Some((102, t0 + Duration::from_secs(20))));
+        // The failed lane retries on its own schedule and waits behind the new trial.
+        assert!(!t.wait_for_breaker(1, 100, t0 + Duration::from_secs(11)));
+        let wake = t.record(1, 102, true, t0 + Duration::from_secs(20));
+        let mut woken = wake.now.clone();
+        woken.sort();
+        assert_eq!((woken, wake.later), (vec![100, 101], None));
+        assert!(t.wait_for_breaker(1, 7, t0 + Duration::from_secs(20)), "a fresh wait after recovery becomes a trial");
+        // A trial that never reports (its lane vanished) is replaced after two open periods.
+        assert!(!t.wait_for_breaker(1, 8, t0 + Duration::from_secs(30)));
+        assert!(t.wait_for_breaker(1, 8, t0 + Duration::from_secs(51)));
     }
 
     #[test]

@@ -234,7 +234,7 @@ impl Delivery {
             return self.park_new(lane_key, record, claim).await;
         };
         let result = self.attempt(forwarder, target, &record, self.inline_timeout).await;
-        self.record_attempt(msg.tenant, &result);
+        self.record_attempt(msg.tenant, lane_key, &result);
         match result {
             Ok(()) => {
                 claim.commit(&self.store, now);

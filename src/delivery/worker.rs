@@ -86,8 +86,7 @@ async fn send_parked(
     };
     if let Admit::NotBefore(at) = delivery.tenants.admit(record.tenant, Instant::now()) {
         delivery.set_slot(lane_key, seq, SlotState::Parked);
-        if delivery.tenants.block(record.tenant, lane_key) {
-            // The first waiting lane carries the next trial.
+        if delivery.tenants.wait_for_breaker(record.tenant, lane_key, Instant::now()) {
             delivery.schedule(lane_key, now_ms() + at.saturating_duration_since(Instant::now()).as_millis() as u64);
         }
         return;
@@ -100,7 +99,7 @@ async fn send_parked(
         }
     };
     let result = delivery.attempt(forwarder, &target, &record, delivery.queue_timeout).await;
-    delivery.record_attempt(record.tenant, &result);
+    delivery.record_attempt(record.tenant, lane_key, &result);
     let now = now_ms();
     match result {
         Ok(()) => {
@@ -163,15 +162,20 @@ impl Delivery {
         self.schedule(lane_key, due_ms);
     }
 
-    /// Feeds the breaker; a success releases the lanes that waited for it.
+    /// Feeds the breaker; wakes the lanes that waited for it (see `Tenants::record`).
     pub(super) fn record_attempt(
         &self,
         tenant: crate::route::TenantId,
+        lane: u64,
         result: &Result<(), crate::forward::ForwardError>,
     ) {
         let now = now_ms();
-        for lane in self.tenants.record(tenant, breaker_success(result), Instant::now()) {
+        let wake = self.tenants.record(tenant, lane, breaker_success(result), Instant::now());
+        for lane in wake.now {
             self.schedule(lane, now);
+        }
+        if let Some((lane, at)) = wake.later {
+            self.schedule(lane, now + at.saturating_duration_since(Instant::now()).as_millis() as u64);
         }
     }
 

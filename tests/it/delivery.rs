@@ -70,7 +70,9 @@ async fn tenant_down_then_back_everything_arrives_once_in_order() {
     }
     assert!(backend.received().is_empty());
     assert_eq!(router.metric("whatsapp_router_queue_parked").await, 20.0);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Down through several breaker periods with no new traffic: the waiting
+    // senders must not stall behind a trial that failed.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
     backend.set_status(200);
     let got = backend.wait_for(20, 15).await;
     let duplicates = check_complete_and_ordered(&got, &senders, 5);
