@@ -200,13 +200,8 @@ async fn forwards_are_signed_per_standard_webhooks() {
     let toml = setup
         .toml(&dir.path().join("data"))
         .replace("[forward]\n", &format!("[forward]\nsigning_secret = \"{GLOBAL_SECRET}\"\n"));
-    let config = whatsapp_router::Config::from_toml(&toml).unwrap();
-    let listeners = whatsapp_router::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.http.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(whatsapp_router::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
+    let router = Router::start_toml(&toml).await;
+    let addr = router.addr;
     for (sender, tenant) in [("971591000001@c.us", 1), ("971591000002@c.us", 2)] {
         let body = message(sender, &format!("start_realty_{tenant}"));
         let (status, _) = send(addr, "POST", "/api/gateway/waha", body, &[("x-api-key", API_KEY)]).await;
@@ -255,8 +250,7 @@ print(ok)
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    router.stop().await;
 }
 
 /// Drives `requests` webhooks for tenant 2's senders with `concurrency`
@@ -348,13 +342,8 @@ async fn a_hanging_tenant_does_not_slow_the_others() {
         "[[tenants]]\nid = 3\nname = \"Tenant 3\"\n",
         &format!("[[tenants]]\nid = 3\nname = \"Tenant 3\"\nurl = \"{hang_url}\"\n"),
     );
-    let config = whatsapp_router::Config::from_toml(&toml).unwrap();
-    let listeners = whatsapp_router::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.http.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(whatsapp_router::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
+    let router = Router::start_toml(&toml).await;
+    let addr = router.addr;
     let (requests, concurrency) = (1800, 12);
     drive_healthy(addr, 971_592_000_000, 360, concurrency).await; // warm-up
     let (mut baseline, mut with_hang, mut hang_answers) = (Vec::new(), Vec::new(), Vec::new());
@@ -395,8 +384,7 @@ async fn a_hanging_tenant_does_not_slow_the_others() {
     // After its first few attempts, the hanging tenant's webhooks are parked at once.
     assert!(parked_fast, "webhooks for the hanging tenant were held");
     assert!(hanging.attempts.lock().unwrap().len() <= 60, "the breaker limits attempts on the hanging tenant");
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    router.stop().await;
 }
 
 /// A full or unwritable disk: WAHA gets 503 and retries; nothing is half

@@ -215,7 +215,13 @@ pub struct Router {
 
 impl Router {
     pub async fn start(setup: &Setup, data_dir: &Path) -> Router {
-        let config = Config::from_toml(&setup.toml(data_dir)).expect("test config is valid");
+        Router::start_toml(&setup.toml(data_dir)).await
+    }
+
+    /// Starts a router from a whole TOML document (for tests that edit what
+    /// `Setup::toml` writes).
+    pub async fn start_toml(toml: &str) -> Router {
+        let config = Config::from_toml(toml).expect("test config is valid");
         let listeners = Listeners::bind(&config).await.unwrap();
         let addr = listeners.http.local_addr().unwrap();
         let metrics_addr = listeners.metrics.as_ref().unwrap().local_addr().unwrap();

@@ -63,13 +63,8 @@ async fn hmac_only_with_the_fixture_vectors() {
     setup.tenants = 42..=42;
     let data = dir.path().join("data");
     let toml = setup.toml(&data).replace(&format!("api_key = \"{API_KEY}\""), "hmac_key = \"test_hmac_key\"");
-    let config = whatsapp_router::Config::from_toml(&toml).unwrap();
-    let listeners = whatsapp_router::Listeners::bind(&config).await.unwrap();
-    let addr = listeners.http.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(whatsapp_router::run(config, listeners, async {
-        let _ = stopped.await;
-    }));
+    let router = Router::start_toml(&toml).await;
+    let addr = router.addr;
     let sources = String::from_utf8(fixture("waha/SOURCES.md").to_vec()).unwrap();
     let mut checked = 0;
     for line in sources.lines().filter(|l| l.starts_with("| `") && l.matches('`').count() == 4) {
@@ -94,8 +89,7 @@ async fn hmac_only_with_the_fixture_vectors() {
     // The derived @c.us fixture links to tenant 42 and was forwarded, unchanged.
     let got = backend.received();
     assert!(got.iter().any(|r| r.body == fixture("waha/derived/deeplink_first_message.cus.json")));
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    router.stop().await;
 }
 
 #[tokio::test]
