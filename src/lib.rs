@@ -189,6 +189,9 @@ pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Ou
     // is not delivered stays in the outbox for the next start.
     stop_queue.cancel();
     let _ = queue.await;
+    if let Err(e) = app.delivery.save_dedupe(false) {
+        tracing::warn!(error = %e, "could not save dedupe keys at shutdown");
+    }
     queue_attempts.close();
     if tokio::time::timeout(app.config.drain_timeout, queue_attempts.wait()).await.is_err() {
         tracing::warn!("queue attempts still running at the drain deadline; they resume on the next start");

@@ -6,9 +6,10 @@
 //! old or half the entry cap full. Memory is therefore bounded by
 //! `max_entries`; under more traffic than that the effective window shrinks
 //! (tenants still have `webhook-id` for their own dedupe). Accepted keys are also
-//! written to sled by the caller, so a restart reloads them.
+//! collected for sled ([`Dedupe::take_unsaved`]), written in batches off the
+//! request path and at shutdown, so a clean restart reloads them.
 
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -35,6 +36,8 @@ pub struct Dedupe {
     window_ms: u64,
     max_entries: usize,
     generations: RwLock<Generations>,
+    /// Accepted keys not yet written to sled: (accepted at ms, key).
+    unsaved: Mutex<Vec<(u64, MessageKey)>>,
 }
 
 struct Generations {
@@ -53,6 +56,7 @@ impl Dedupe {
                 previous: DashMap::new(),
                 current_since_ms: now_ms,
             }),
+            unsaved: Mutex::new(Vec::new()),
         }
     }
 
@@ -83,9 +87,22 @@ impl Dedupe {
 
     /// The message was accepted: later copies are duplicates.
     pub fn commit(&self, key: MessageKey, now_ms: u64) {
-        let g = self.generations.read().expect("dedupe lock poisoned");
-        g.previous.remove(&key);
-        g.current.insert(key, Seen::Done(now_ms));
+        {
+            let g = self.generations.read().expect("dedupe lock poisoned");
+            g.previous.remove(&key);
+            g.current.insert(key, Seen::Done(now_ms));
+        }
+        self.unsaved.lock().expect("dedupe lock poisoned").push((now_ms, key));
+    }
+
+    /// Gives back keys that could not be written, to be tried again.
+    pub fn put_back(&self, keys: Vec<(u64, MessageKey)>) {
+        self.unsaved.lock().expect("dedupe lock poisoned").extend(keys);
+    }
+
+    /// Keys accepted since the last call, for the caller to write to sled.
+    pub fn take_unsaved(&self) -> Vec<(u64, MessageKey)> {
+        std::mem::take(&mut *self.unsaved.lock().expect("dedupe lock poisoned"))
     }
 
     /// The message was not accepted (e.g. parking failed): a retry may try again.
@@ -150,6 +167,17 @@ mod tests {
         assert_eq!(d.begin([1; 16], 3), Begin::Duplicate);
         assert_eq!(d.begin([1; 16], 23 * HOUR), Begin::Duplicate);
         assert_eq!(d.begin([1; 16], 25 * HOUR), Begin::New, "outside the window");
+    }
+
+    #[test]
+    fn accepted_keys_are_handed_out_once_for_saving() {
+        let d = Dedupe::new(Duration::from_millis(HOUR), 1000, 0);
+        assert_eq!(d.begin([5; 16], 1), Begin::New);
+        d.commit([5; 16], 2);
+        assert_eq!(d.begin([6; 16], 3), Begin::New);
+        d.abort([6; 16]);
+        assert_eq!(d.take_unsaved(), vec![(2, [5; 16])]);
+        assert_eq!(d.take_unsaved(), vec![]);
     }
 
     #[test]

@@ -91,6 +91,7 @@ pub struct Delivery {
     queue_timeout: Duration,
     tenants: Tenants,
     dedupe: Dedupe,
+    dedupe_window: Duration,
     /// Lanes by sender cache key.
     lanes: DashMap<u64, Lane>,
     /// (due ms, lane) for the scheduler; stale entries are skipped.
@@ -149,6 +150,7 @@ impl Delivery {
                 config.max_in_flight_per_tenant,
             ),
             dedupe: Dedupe::new(config.dedupe_window, config.dedupe_max_entries, now),
+            dedupe_window: config.dedupe_window,
             lanes: DashMap::new(),
             timers: Mutex::new(BinaryHeap::new()),
             wake: Notify::new(),
@@ -237,7 +239,7 @@ impl Delivery {
         self.record_attempt(msg.tenant, lane_key, &result);
         match result {
             Ok(()) => {
-                claim.commit(&self.store, now);
+                claim.commit(now);
                 self.finish_head(lane_key, seq);
                 Ok(Accepted::Delivered)
             }
@@ -247,7 +249,7 @@ impl Delivery {
                     self.cancel(lane_key, seq);
                     return Err(err.into());
                 }
-                claim.commit(&self.store, now);
+                claim.commit(now);
                 self.finish_head(lane_key, seq);
                 Ok(Accepted::DeadLettered { seq, status: status.unwrap_or(0) })
             }
@@ -277,7 +279,7 @@ impl Delivery {
             self.cancel(lane_key, seq);
             return Err(e.into());
         }
-        claim.commit(&self.store, record.created_ms);
+        claim.commit(record.created_ms);
         self.stats.parked.fetch_add(1, Ordering::Relaxed);
         self.park_slot(lane_key, seq, record.next_attempt_ms);
         Ok(Accepted::Queued { seq })
@@ -415,6 +417,23 @@ impl Delivery {
         self.wake.notify_one();
     }
 
+    /// Writes the dedupe keys accepted since the last call to sled, in one
+    /// batch (every second from the scheduler, and at shutdown), and drops keys
+    /// older than the window. Returns how many were written.
+    pub fn save_dedupe(&self, prune: bool) -> Result<usize, StoreError> {
+        let keys = self.dedupe.take_unsaved();
+        if let Err(e) = self.store.dedupe_mark_all(&keys) {
+            self.dedupe.put_back(keys);
+            return Err(e);
+        }
+        if prune {
+            let window = self.dedupe_window.as_millis() as u64;
+            let pruned = self.store.dedupe_prune(now_ms().saturating_sub(window))?;
+            tracing::debug!(pruned, "expired dedupe keys removed");
+        }
+        Ok(keys.len())
+    }
+
     /// Number of messages waiting in lanes (parked or being sent).
     pub fn parked(&self) -> i64 {
         self.stats.parked.load(Ordering::Relaxed)
@@ -433,13 +452,11 @@ struct Claim<'a> {
 }
 
 impl Claim<'_> {
-    fn commit(mut self, store: &Store, at_ms: u64) {
+    /// Later copies are duplicates. The key reaches sled in the next batch
+    /// ([`Delivery::save_dedupe`]), not on the request path.
+    fn commit(mut self, at_ms: u64) {
         self.done = true;
         self.dedupe.commit(self.key, at_ms);
-        // Persisted for restarts; not flushed per message (a clean shutdown flushes).
-        if let Err(e) = store.dedupe_mark(at_ms, &self.key) {
-            tracing::warn!(error = %e, "could not persist a dedupe key");
-        }
     }
 }
 

@@ -17,6 +17,11 @@ use super::{breaker_success, note_failure, now_ms, Delivery, SlotState, Targets}
 use crate::forward::Forwarder;
 use crate::store::DeliveryState;
 
+/// How often accepted dedupe keys are written to sled (in one batch).
+const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(1);
+/// Expired dedupe keys are pruned from sled every this many housekeeping ticks.
+const PRUNE_EVERY_TICKS: u64 = 60;
+
 /// How long to wait before looking again at a head whose record could not be read.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
@@ -28,6 +33,8 @@ pub async fn run(
     stop: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let mut housekeeping = tokio::time::interval(HOUSEKEEPING_EVERY);
+    let mut ticks = 0u64;
     loop {
         let now = now_ms();
         let mut due = Vec::new();
@@ -54,6 +61,12 @@ pub async fn run(
             () = stop.cancelled() => break,
             () = delivery.wake.notified() => {}
             () = tokio::time::sleep(sleep) => {}
+            _ = housekeeping.tick() => {
+                ticks += 1;
+                if let Err(e) = delivery.save_dedupe(ticks % PRUNE_EVERY_TICKS == 0) {
+                    tracing::warn!(error = %e, "could not save dedupe keys; will try again");
+                }
+            }
         }
     }
 }

@@ -171,12 +171,21 @@ impl Store {
         }
     }
 
-    /// Records an accepted message key (time-ordered, so pruning is a range scan).
-    pub fn dedupe_mark(&self, at_ms: u64, key: &[u8; 16]) -> Result<(), StoreError> {
-        let mut k = [0u8; 24];
-        k[..8].copy_from_slice(&at_ms.to_be_bytes());
-        k[8..].copy_from_slice(key);
-        self.dedupe.insert(k, &[])?;
+    /// Records accepted message keys, in one batch. Keys are time-ordered
+    /// (`at_ms` first), so pruning is a range scan.
+    pub fn dedupe_mark_all(&self, keys: &[(u64, [u8; 16])]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.check_writable()?;
+        let mut batch = sled::Batch::default();
+        for (at_ms, key) in keys {
+            let mut k = [0u8; 24];
+            k[..8].copy_from_slice(&at_ms.to_be_bytes());
+            k[8..].copy_from_slice(key);
+            batch.insert(&k[..], &[][..]);
+        }
+        self.dedupe.apply_batch(batch)?;
         Ok(())
     }
 
@@ -252,8 +261,7 @@ mod tests {
     fn dedupe_keys_prune_by_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.dedupe_mark(10, &[1; 16]).unwrap();
-        store.dedupe_mark(20, &[2; 16]).unwrap();
+        store.dedupe_mark_all(&[(10, [1; 16]), (20, [2; 16])]).unwrap();
         assert_eq!(store.dedupe_prune(15).unwrap(), 1);
         let left: Vec<_> = store.dedupe_since(0).map(|r| r.unwrap()).collect();
         assert_eq!(left, vec![(20, [2; 16])]);

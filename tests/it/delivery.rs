@@ -253,22 +253,49 @@ print(ok)
     router.stop().await;
 }
 
-/// Drives `requests` webhooks for tenant 2's senders with `concurrency`
-/// clients; returns (requests per second, median latency).
-async fn drive_healthy(addr: std::net::SocketAddr, base: u64, requests: usize, concurrency: usize) -> (f64, Duration) {
+/// One webhook over a kept-alive client, as WAHA sends them.
+async fn post_with(
+    client: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<Bytes>,
+    >,
+    addr: std::net::SocketAddr,
+    body: Bytes,
+) -> (StatusCode, serde_json::Value) {
+    use http_body_util::BodyExt;
+    let req = http::Request::post(format!("http://{addr}/api/gateway/waha"))
+        .header("x-api-key", API_KEY)
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    let resp = client.request(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&bytes).unwrap_or_default())
+}
+
+/// Offers tenant 2 a steady load: `clients` senders, each sending one message
+/// every `every` for `per_client` messages (open loop, so the router is not
+/// driven to saturation and latency measures the request path, not a queue in
+/// front of the CPU). Returns (answers per second, median latency).
+async fn drive_healthy(
+    addr: std::net::SocketAddr,
+    base: u64,
+    clients: u64,
+    per_client: u32,
+    every: Duration,
+) -> (f64, Duration) {
     let started = Instant::now();
-    let per_client = requests / concurrency;
-    let clients: Vec<_> = (0..concurrency)
+    let tasks: Vec<_> = (0..clients)
         .map(|c| {
             tokio::spawn(async move {
-                let sender = format!("{}@c.us", base + c as u64);
-                let mut latencies = Vec::with_capacity(per_client);
+                let client = client();
+                let sender = format!("{}@c.us", base + c);
+                let mut latencies = Vec::with_capacity(per_client as usize);
                 for n in 0..per_client {
+                    tokio::time::sleep_until((started + every * n).into()).await;
                     let text = if n == 0 { "start_realty_2".to_owned() } else { format!("seq={n}") };
                     let t = Instant::now();
-                    let (status, body) =
-                        send(addr, "POST", "/api/gateway/waha", message(&sender, &text), &[("x-api-key", API_KEY)])
-                            .await;
+                    let (status, body) = post_with(&client, addr, message(&sender, &text)).await;
                     assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("routed")), "{body}");
                     latencies.push(t.elapsed());
                 }
@@ -277,12 +304,12 @@ async fn drive_healthy(addr: std::net::SocketAddr, base: u64, requests: usize, c
         })
         .collect();
     let mut all = Vec::new();
-    for c in clients {
-        all.extend(c.await.unwrap());
+    for t in tasks {
+        all.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed();
     all.sort();
-    ((per_client * concurrency) as f64 / elapsed.as_secs_f64(), all[all.len() / 2])
+    (all.len() as f64 / elapsed.as_secs_f64(), all[all.len() / 2])
 }
 
 /// Companion traffic: new senders with `tenant`'s link from `clients` loops,
@@ -344,8 +371,9 @@ async fn a_hanging_tenant_does_not_slow_the_others() {
     );
     let router = Router::start_toml(&toml).await;
     let addr = router.addr;
-    let (requests, concurrency) = (1800, 12);
-    drive_healthy(addr, 971_592_000_000, 360, concurrency).await; // warm-up
+    // 8 senders x one message every 10 ms = 800 webhooks/s offered, for 2 s a round.
+    let (clients, per_client, every) = (8, 200, Duration::from_millis(10));
+    drive_healthy(addr, 971_592_000_000, clients, 50, every).await; // warm-up
     let (mut baseline, mut with_hang, mut hang_answers) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..6u64 {
         let hang_round = round % 2 == 1;
@@ -354,7 +382,7 @@ async fn a_hanging_tenant_does_not_slow_the_others() {
         let side = companion_traffic(addr, side_tenant, 971_400_000_000 + round * 10_000_000, 4, flag.clone());
         // Let the side traffic settle (for the hanging tenant: time out and open its breaker).
         tokio::time::sleep(Duration::from_millis(700)).await;
-        let measured = drive_healthy(addr, 971_593_000_000 + round * 1000, requests, concurrency).await;
+        let measured = drive_healthy(addr, 971_593_000_000 + round * 1000, clients, per_client, every).await;
         flag.store(true, std::sync::atomic::Ordering::SeqCst);
         let mut answers = Vec::new();
         for h in side {
@@ -371,18 +399,23 @@ async fn a_hanging_tenant_does_not_slow_the_others() {
     let best_p50 = |runs: &[(f64, Duration)]| runs.iter().map(|r| r.1).min().unwrap();
     let (base_rps, base_p50) = (best_rps(&baseline), best_p50(&baseline));
     let (hang_rps, hang_p50) = (best_rps(&with_hang), best_p50(&with_hang));
-    let parked_fast = hang_answers.iter().flat_map(|a| a.iter().skip(3)).all(|d| *d < Duration::from_millis(250));
+    // After their first attempts (which wait `inline_timeout_ms` and open the
+    // breaker), the hanging tenant's webhooks are parked without an attempt: the
+    // answer costs a flush, not a wait on the tenant.
+    let mut late: Vec<Duration> = hang_answers.iter().flat_map(|a| a.iter().skip(3).copied()).collect();
+    late.sort();
+    let late_p99 = late[late.len() * 99 / 100];
     println!(
         "healthy tenant, best of 3: beside a healthy tenant {base_rps:.0} req/s p50 {base_p50:?}; beside a hanging \
-         tenant {hang_rps:.0} req/s p50 {hang_p50:?}; throughput ratio {:.3}, p50 ratio {:.3}; hanging tenant: {} webhooks answered",
+         tenant {hang_rps:.0} req/s p50 {hang_p50:?}; throughput ratio {:.3}, p50 ratio {:.3}; hanging tenant: {} \
+         webhooks answered, p99 {late_p99:?} once its breaker was open",
         hang_rps / base_rps,
         hang_p50.as_secs_f64() / base_p50.as_secs_f64(),
         hang_answers.iter().map(Vec::len).sum::<usize>(),
     );
     assert!(hang_rps >= base_rps * 0.9, "throughput {hang_rps:.0} vs {base_rps:.0}");
     assert!(hang_p50 <= base_p50.mul_f64(1.1), "p50 {hang_p50:?} vs {base_p50:?}");
-    // After its first few attempts, the hanging tenant's webhooks are parked at once.
-    assert!(parked_fast, "webhooks for the hanging tenant were held");
+    assert!(late_p99 < Duration::from_millis(250), "webhooks for the hanging tenant were held: p99 {late_p99:?}");
     assert!(hanging.attempts.lock().unwrap().len() <= 60, "the breaker limits attempts on the hanging tenant");
     router.stop().await;
 }
