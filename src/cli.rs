@@ -6,16 +6,18 @@
 
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::config::{Config, ENV_CONFIG_PATH};
+use crate::config::{Config, RuntimeModel, ENV_CONFIG_PATH};
 use crate::registry::Registry;
 use crate::store::Store;
-use crate::{mapping, App, Listeners};
+use crate::{mapping, per_core, App, Listeners};
 
 /// Exit code for a configuration problem (EX_USAGE).
 pub const EXIT_CONFIG: u8 = 64;
@@ -81,24 +83,49 @@ fn init_tracing() {
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn serve(config: Config) -> Result<(), BoxError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let app = App::open(config)?;
-        for path in &app.secrets.generated {
-            eprintln!("whatsapp-router: generated a new secret in {}", path.display());
+    // The store and registry open before any port is bound, and need no runtime.
+    let app = App::open(config)?;
+    for path in &app.secrets.generated {
+        eprintln!("whatsapp-router: generated a new secret in {}", path.display());
+    }
+    let config = &app.config;
+    match config.runtime {
+        RuntimeModel::ThreadPerCore => {
+            let http = per_core::bind_reuseport(config.listen, config.workers)?;
+            let metrics = config.metrics_listen.map(per_core::bind_std).transpose()?;
+            log_started(&app, http[0].local_addr()?, metrics.as_ref().map(|l| l.local_addr()).transpose()?);
+            // Signals are handled once, on the control runtime `per_core::serve` runs.
+            per_core::serve(Arc::clone(&app), http, metrics, shutdown_signal())?;
         }
-        let listeners = Listeners::bind(&app.config).await?;
-        tracing::info!(
-            listen = %listeners.http.local_addr()?,
-            metrics = ?listeners.metrics.as_ref().map(|l| l.local_addr()).transpose()?,
-            data_dir = %app.config.data_dir.display(),
-            tenants = app.registry.len(),
-            webhook_auth = auth_summary(&app),
-            "whatsapp-router started"
-        );
-        crate::serve(app, listeners, shutdown_signal()).await?;
-        Ok(())
-    })
+        RuntimeModel::MultiThread => {
+            let runtime =
+                tokio::runtime::Builder::new_multi_thread().worker_threads(config.workers).enable_all().build()?;
+            runtime.block_on(async {
+                let listeners = Listeners::bind(&app.config).await?;
+                log_started(
+                    &app,
+                    listeners.http.local_addr()?,
+                    listeners.metrics.as_ref().map(|l| l.local_addr()).transpose()?,
+                );
+                crate::serve(Arc::clone(&app), listeners, shutdown_signal()).await?;
+                Ok::<_, BoxError>(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+fn log_started(app: &App, listen: SocketAddr, metrics: Option<SocketAddr>) {
+    tracing::info!(
+        listen = %listen,
+        metrics = ?metrics,
+        runtime = app.config.runtime.as_str(),
+        workers = app.config.workers,
+        data_dir = %app.config.data_dir.display(),
+        tenants = app.registry.len(),
+        webhook_auth = auth_summary(app),
+        "whatsapp-router started"
+    );
 }
 
 fn auth_summary(app: &App) -> &'static str {

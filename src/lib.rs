@@ -13,6 +13,7 @@
 //! - [`registry`]: tenants and their forward URLs.
 //! - [`forward`]: the only module that opens outbound connections.
 //! - [`auth`], [`ingest`], [`error`], [`server`]: the HTTP side.
+//! - [`per_core`]: thread-per-core serving (one runtime, listener and pool per thread).
 //! - [`metrics`]: Prometheus metrics with cached handles.
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
 //! - [`cli`]: the command line; `main.rs` only calls it.
@@ -29,6 +30,7 @@ pub mod ingest;
 pub mod locks;
 pub mod mapping;
 pub mod metrics;
+pub mod per_core;
 pub mod registry;
 pub mod route;
 pub mod secrets;
@@ -69,6 +71,10 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
+    #[error("a worker thread failed (see the log)")]
+    Worker,
 }
 
 /// Everything the request path shares, across all workers.

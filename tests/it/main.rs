@@ -2,6 +2,7 @@
 //! real sled data dirs. One crate with modules, so the library links once.
 
 mod cli;
+mod per_core;
 mod routing;
 mod support;
 mod wire;
