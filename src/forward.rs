@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -27,6 +27,13 @@ pub const HEADER_TENANT_ID: &str = "x-gateway-tenant-id";
 pub const HEADER_SENDER: &str = "x-gateway-sender";
 pub const HEADER_NEW_SESSION: &str = "x-gateway-new-session";
 pub const HEADER_REQUEST_ID: &str = "x-webhook-request-id";
+
+// The same names as `HeaderName`s: built from a `&str` at each request, a
+// custom header name is parsed and copied into a new allocation every time.
+const TENANT_ID_NAME: HeaderName = HeaderName::from_static(HEADER_TENANT_ID);
+const SENDER_NAME: HeaderName = HeaderName::from_static(HEADER_SENDER);
+const NEW_SESSION_NAME: HeaderName = HeaderName::from_static(HEADER_NEW_SESSION);
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -93,13 +100,13 @@ impl Forwarder {
     pub async fn send(&self, out: Outbound<'_>) -> Result<StatusCode, ForwardError> {
         let mut req = Request::post(out.uri.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(HEADER_TENANT_ID, out.tenant)
-            .header(HEADER_SENDER, out.sender.to_string());
+            .header(TENANT_ID_NAME, out.tenant)
+            .header(SENDER_NAME, out.sender.to_string());
         if out.new_session {
-            req = req.header(HEADER_NEW_SESSION, HeaderValue::from_static("true"));
+            req = req.header(NEW_SESSION_NAME, HeaderValue::from_static("true"));
         }
         if let Some(id) = out.request_id {
-            req = req.header(HEADER_REQUEST_ID, id);
+            req = req.header(REQUEST_ID_NAME, id);
         }
         let req = req.body(Full::new(out.body)).map_err(|e| ForwardError::Request(e.to_string()))?;
         let exchange = async {

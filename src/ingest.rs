@@ -9,14 +9,13 @@
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, Request, Response};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::auth;
 use crate::config::MAX_BODY_BYTES;
-use crate::error::{json_response, ApiError};
+use crate::error::{self, ApiError};
 use crate::forward::{Outbound, HEADER_REQUEST_ID};
 use crate::metrics::{event_index, Outcome};
 use crate::route::{classify, decide, Decision, Plan, Sender, Skip, TenantId};
@@ -98,11 +97,7 @@ async fn process(
 }
 
 fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {
-    let status = match skip {
-        Skip::NoDeepLink | Skip::UnknownTenant | Skip::NotLocked => "unrouted",
-        _ => "ignored",
-    };
-    (Outcome::Skipped(skip), json_response(StatusCode::OK, &json!({"status": status, "reason": skip.as_str()})))
+    (Outcome::Skipped(skip), error::skipped(skip))
 }
 
 async fn forward(
@@ -142,7 +137,7 @@ async fn forward(
     match result {
         Ok(_) => {
             app.metrics.forward("ok");
-            Ok((outcome, json_response(StatusCode::OK, &json!({"status": "routed", "tenant_id": tenant}))))
+            Ok((outcome, error::routed(tenant)))
         }
         Err(source) => {
             app.metrics.forward(source.kind());

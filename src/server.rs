@@ -19,11 +19,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{json_response, ApiError};
+use crate::error::{json_bytes, ApiError};
 use crate::forward::Forwarder;
 use crate::{ingest, App};
 
@@ -50,12 +49,14 @@ pub async fn dispatch(worker: &Worker, req: Request<Incoming>) -> Response<Full<
     match (path, req.method()) {
         ("/api/gateway/waha", &Method::POST) => ingest::handle(worker, req).await,
         ("/api/gateway/waha", _) => ApiError::MethodNotAllowed("POST").into_response(),
-        ("/healthz", &Method::GET | &Method::HEAD) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        ("/healthz", &Method::GET | &Method::HEAD) => {
+            json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
+        }
         ("/readyz", &Method::GET | &Method::HEAD) => {
             if worker.app.draining.load(Ordering::Acquire) {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}))
+                json_bytes(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"status":"draining"}"#))
             } else {
-                json_response(StatusCode::OK, &json!({"status": "ready"}))
+                json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
             }
         }
         ("/healthz" | "/readyz", _) => ApiError::MethodNotAllowed("GET, HEAD").into_response(),
