@@ -195,10 +195,12 @@ wrk -t1 -c"$CONNS" -d"${DURATION}s" --timeout 5s -s loadtest/firsts.lua "http://
   -- "$TENANTS" "$API_KEY" 1 | grep '^RESULT' | sed 's/^RESULT/  first contacts:/'
 echo "  router CPU: $(( ($(cpu_ticks "$router_pid") - before) * 1000 / $(getconf CLK_TCK) )) ms"
 echo "  router RSS after the load: $(rss_mib "$router_pid") MiB (SENDERS=$SENDERS + new locks)"
-curl -fsS "http://127.0.0.1:$backend_port/tally" | python3 -c '
+curl -fsS "http://127.0.0.1:$backend_port/tally" >"$tmp/tally.json"
+python3 - "$tmp/tally.json" <<'PY'
 import json, sys
-t = json.load(sys.stdin)
-print(f"  backend tally: total {t[\"total\"]} ({t[\"tenants\"]} tenants, {t[\"other\"]} direct/nginx)")'
+t = json.load(open(sys.argv[1]))
+print(f"  backend tally: total {t['total']} ({t['tenants']} tenants; {t['other']} sent to it directly or via nginx)")
+PY
 stop_all
 
 # size_run COUNT: import COUNT mappings into a fresh data dir, then start the

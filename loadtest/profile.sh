@@ -30,6 +30,8 @@ wrk -t1 -c"$CONNS" -d"$((DURATION + 2))s" -s loadtest/followups.lua "http://127.
   -- /api/gateway/waha "$SENDERS" "$API_KEY" | grep RESULT &
 wrk_pid=$!
 sleep 1
+perf stat -x, -e context-switches,cpu-migrations,raw_syscalls:sys_enter,task-clock -p "$router_pid" -- sleep 3 2>"$tmp/stat" >/dev/null || true
+sed 's/^/stat,/' "$tmp/stat" | cut -d, -f1-4
 perf record -q -F 2999 -g --call-graph dwarf,16384 -o "$OUT" -p "$router_pid" -- sleep "$DURATION" 2>/dev/null
 wait "$wrk_pid"
 perf report -i "$OUT" --no-children --percent-limit 0.7 --stdio --sort symbol -g none 2>/dev/null | grep -v "^#" | grep -v "^$" | sed "s/ *-  *-  *$//" | cut -c1-160 | head -70
