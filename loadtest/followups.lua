@@ -1,10 +1,10 @@
--- wrk script: follow-up messages of pre-locked senders, ~1.5 KB WAHA-style
+-- wrk script: follow-up messages of pre-locked senders, 1.52 KB WAHA-style
 -- bodies. Requests are built once at start (so wrk spends its CPU on sending,
 -- not on Lua strings) and cycled. Arguments after `--`:
 --   PATH (/api/gateway/waha) SENDERS (100000) API_KEY DELAY_MS (0: closed loop)
 local path, senders, api_key, delay_ms = "/api/gateway/waha", 100000, "", 0
 local requests, n = {}, 0
-local pad = string.rep("Lorem ipsum dolor sit amet, consectetur adipiscing elit. ", 8)
+local pad = string.rep("Lorem ipsum dolor sit amet, consectetur adipiscing elit. ", 11)
 
 local function body(from, text, i)
   local id = string.format("false_%s_3EB0%016X", from, i)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# The k6 smoke test against a real router and the load backend, all on loopback:
-# builds (debug unless PROFILE=release), starts both, runs smoke.js (thresholds:
-# no errors, p99 budget), then checks the backend's tally: every routed message
-# arrived, in order per sender. Knobs: PROFILE, VUS, DURATION, TENANTS, P99_MS.
+# A k6 script against a real router and the load backend, all on loopback:
+# builds (debug unless PROFILE=release), starts both with a fresh data dir and
+# TENANTS tenants, runs SCRIPT (smoke.js; thresholds: no errors, p99 budget),
+# then checks the backend's tally: every routed message arrived, in order per
+# sender. Knobs: SCRIPT (smoke.js, steady.js, spike.js, soak.js), PROFILE,
+# TENANTS (50), and the script's own (VUS, DURATION, P99_MS, RATE, ...), which
+# k6 reads from the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -28,15 +31,14 @@ wait_http "http://127.0.0.1:$backend_port/tally" 10
 
 k6 run --quiet --no-color --summary-export "$tmp/summary.json" \
   -e BASE_URL="http://127.0.0.1:$router_port" -e API_KEY="$API_KEY" -e TENANTS="$TENANTS" \
-  -e VUS="${VUS:-4}" -e DURATION="${DURATION:-5s}" -e P99_MS="${P99_MS:-100}" \
-  loadtest/smoke.js
+  "loadtest/${SCRIPT:-smoke.js}"
 
 curl -fsS "http://127.0.0.1:$backend_port/tally" >"$tmp/tally.json"
 python3 - "$tmp/summary.json" "$tmp/tally.json" <<'PY'
 import json, sys
 summary, tally = (json.load(open(p)) for p in sys.argv[1:3])
 routed = int(summary["metrics"]["routed"]["count"])
-print(f"smoke: k6 saw {routed} routed; backend got {tally['total']} for {tally['tenants']} tenants, "
+print(f"k6 saw {routed} routed; backend got {tally['total']} for {tally['tenants']} tenants, "
       f"{tally['senders_with_seq']} senders, out_of_order={tally['out_of_order']}, missing={tally['missing']}")
 assert routed > 0, "nothing was routed"
 assert tally["total"] == routed, "backend count differs from routed answers"
