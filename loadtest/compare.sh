@@ -10,7 +10,8 @@
 #     time from start to /readyz 200 at the largest size.
 # Knobs: DURATION (s per wrk run, 10), CONNS (64), TENANTS (1000), SENDERS (100000),
 # ROUNDS (2: direct/nginx/router alternate, best round reported), BIG (1000000),
-# HUGE (0; 1 adds the 10M import, several minutes). Needs wrk and nginx (Debian).
+# HUGE (0; 1 adds the 10M import, several minutes), MT (1: also a router with
+# runtime = "multi-thread", for the runtime-model ratio). Needs wrk and nginx (Debian).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . loadtest/lib.sh
@@ -22,6 +23,7 @@ SENDERS=${SENDERS:-100000}
 ROUNDS=${ROUNDS:-2}
 BIG=${BIG:-1000000}
 HUGE=${HUGE:-0}
+MT=${MT:-1}
 
 for tool in wrk nginx curl; do
   command -v "$tool" >/dev/null || { echo "compare.sh needs $tool (apt-get install wrk nginx curl)" >&2; exit 1; }
@@ -104,6 +106,16 @@ gen_config "$tmp/router.toml" "$tmp/data" "$router_port" "$backend_port" "$TENAN
 gen_mapping "$tmp/mapping.json" "$SENDERS"
 RUST_LOG=warn "$bin" mapping import --config "$tmp/router.toml" "$tmp/mapping.json" >"$tmp/import.out"
 echo "imported: $(cat "$tmp/import.out")"
+if [ "$MT" = 1 ]; then
+  # Same data, its own copy (sled allows one process per database).
+  mt_port=$(free_port)
+  cp -r "$tmp/data" "$tmp/data-mt"
+  gen_config "$tmp/router-mt.toml" "$tmp/data-mt" "$mt_port" "$backend_port" "$TENANTS" multi-thread
+  RUST_LOG=warn "$bin" serve --config "$tmp/router-mt.toml" 2>"$tmp/router-mt.err" &
+  mt_pid=$!
+  PIDS+=("$mt_pid")
+  wait_http "http://127.0.0.1:$mt_port/readyz" 30
+fi
 RUST_LOG=warn "$bin" serve --config "$tmp/router.toml" 2>"$tmp/router.err" &
 router_pid=$!
 PIDS+=("$router_pid")
@@ -136,6 +148,7 @@ PY
 DURATION=2 run_wrk warm "$backend_port" "$CONNS" 0 "$backend_pid" >/dev/null
 DURATION=2 run_wrk warm "$nginx_port" "$CONNS" 0 "${nginx_pids[@]}" >/dev/null
 DURATION=2 run_wrk warm "$router_port" "$CONNS" 0 "$router_pid" >/dev/null
+[ "$MT" = 1 ] && DURATION=2 run_wrk warm "$mt_port" "$CONNS" 0 "$mt_pid" >/dev/null
 
 echo
 echo "== throughput: wrk -t1 -c$CONNS -d${DURATION}s, ~1.5 KB follow-ups, $ROUNDS rounds (best shown)"
@@ -144,7 +157,12 @@ for ((r = 1; r <= ROUNDS; r++)); do
   run_wrk direct "$backend_port" "$CONNS" 0 "$backend_pid" >>"$tmp/results"
   run_wrk nginx "$nginx_port" "$CONNS" 0 "${nginx_pids[@]}" >>"$tmp/results"
   run_wrk router "$router_port" "$CONNS" 0 "$router_pid" >>"$tmp/results"
+  if [ "$MT" = 1 ]; then run_wrk router-mt "$mt_port" "$CONNS" 0 "$mt_pid" >>"$tmp/results"; fi
 done
+if [ "$MT" = 1 ]; then
+  kill "$mt_pid" 2>/dev/null || true
+  wait "$mt_pid" 2>/dev/null || true
+fi
 cat "$tmp/results" | sed 's/^/  raw: /'
 python3 - "$tmp/results" <<'PY' | tee "$tmp/summary"
 import sys
@@ -155,10 +173,14 @@ for line in open(sys.argv[1]):
     if name not in best or row[0] > best[name][0]:
         best[name] = row
 print(f"  {'target':8} {'req/s':>9} {'p50 µs':>8} {'p99 µs':>8} {'CPU µs/req':>11} {'errors':>7}")
-for name in ("direct", "nginx", "router"):
+for name in ("direct", "nginx", "router", "router-mt"):
+    if name not in best:
+        continue
     rps, p50, p99, cpu, bad = best[name]
     print(f"  {name:8} {rps:9.0f} {p50:8d} {p99:8d} {cpu:11.1f} {bad:7d}")
 print(f"  router/nginx = {best['router'][0] / best['nginx'][0]:.2f}   router/direct = {best['router'][0] / best['direct'][0]:.2f}")
+if "router-mt" in best:
+    print(f"  thread-per-core/multi-thread = {best['router'][0] / best['router-mt'][0]:.2f}")
 print(f"PEAK {best['router'][0]:.0f}")
 PY
 peak=$(awk '/^PEAK/ {print $2}' "$tmp/summary")
