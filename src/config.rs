@@ -59,6 +59,11 @@ pub struct Config {
     pub deep_link_prefix: String,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// How the server uses the cores (see [`RuntimeModel`]).
+    pub runtime: RuntimeModel,
+    /// Worker threads: one accept loop each (thread-per-core) or the size of the
+    /// shared pool (multi-thread). Never 0: `workers = 0` is resolved to the CPU count.
+    pub workers: usize,
     pub waha: WahaConfig,
     pub admin: AdminConfig,
     pub forward: ForwardConfig,
@@ -96,6 +101,26 @@ impl LogFormat {
         match self {
             LogFormat::Human => "human",
             LogFormat::Json => "json",
+        }
+    }
+}
+
+/// How the server spreads work over the cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuntimeModel {
+    /// One `current_thread` runtime per worker thread, each with its own
+    /// SO_REUSEPORT listener and outbound pool: no cross-core hand-offs on the
+    /// request path, which are what costs most on small VMs (README, "Performance").
+    ThreadPerCore,
+    /// One work-stealing tokio runtime and one listener.
+    MultiThread,
+}
+
+impl RuntimeModel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeModel::ThreadPerCore => "thread-per-core",
+            RuntimeModel::MultiThread => "multi-thread",
         }
     }
 }
@@ -282,6 +307,10 @@ struct RawConfig {
     deep_link_prefix: String,
     #[serde(default = "default_drain_ms", deserialize_with = "flex_num")]
     drain_timeout_ms: u64,
+    #[serde(default = "default_runtime", deserialize_with = "flex_string")]
+    runtime: String,
+    #[serde(default, deserialize_with = "flex_num")]
+    workers: usize,
     #[serde(default)]
     waha: RawWaha,
     #[serde(default)]
@@ -426,6 +455,12 @@ fn default_prefix() -> String {
 fn default_drain_ms() -> u64 {
     10_000
 }
+fn default_runtime() -> String {
+    RuntimeModel::ThreadPerCore.as_str().into()
+}
+/// Upper bound on `workers`: far above any core count this runs on, low enough
+/// that a typo cannot start thousands of threads.
+const MAX_WORKERS: usize = 256;
 fn default_template() -> String {
     "http://127.0.0.1:9000/tenants/{tenant_id}/whatsapp".into()
 }
@@ -515,6 +550,23 @@ impl RawConfig {
         if prefix.ends_with(|c: char| c.is_ascii_digit()) {
             return Err(ConfigError::new("deep_link_prefix", "must not end with a digit (the tenant id follows it)"));
         }
+        let runtime = match self.runtime.as_str() {
+            "thread-per-core" => RuntimeModel::ThreadPerCore,
+            "multi-thread" => RuntimeModel::MultiThread,
+            other => {
+                return Err(ConfigError::new(
+                    "runtime",
+                    format!("`{other}` is not \"thread-per-core\" or \"multi-thread\""),
+                ))
+            }
+        };
+        if self.workers > MAX_WORKERS {
+            return Err(ConfigError::new("workers", format!("must be at most {MAX_WORKERS} (0 = one per CPU)")));
+        }
+        let workers = match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let auto_reply = auto_reply(&self.waha)?;
         let waha = WahaConfig {
             api_key: secret("waha.api_key", self.waha.api_key)?,
@@ -595,6 +647,8 @@ impl RawConfig {
             gateway_phone: self.gateway_phone,
             deep_link_prefix: self.deep_link_prefix,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            runtime,
+            workers,
             waha,
             admin,
             forward,

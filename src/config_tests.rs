@@ -114,3 +114,17 @@ fn unreadable_file_names_the_flag() {
     let e = Config::load(Some(Path::new("/nonexistent/x.toml")), env(&[])).unwrap_err();
     assert_eq!(e.key, "--config");
 }
+
+#[test]
+fn runtime_model_and_workers() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.runtime, RuntimeModel::ThreadPerCore);
+    assert_eq!(c.workers, std::thread::available_parallelism().unwrap().get());
+    let c =
+        load_with(MINIMAL, &[("WHATSAPP_ROUTER_RUNTIME", "multi-thread"), ("WHATSAPP_ROUTER_WORKERS", "3")]).unwrap();
+    assert_eq!((c.runtime, c.workers), (RuntimeModel::MultiThread, 3));
+    let e = load_with(MINIMAL, &[("WHATSAPP_ROUTER_RUNTIME", "tokio")]).unwrap_err();
+    assert_eq!(e.key, "runtime");
+    let e = load_with(MINIMAL, &[("WHATSAPP_ROUTER_WORKERS", "100000")]).unwrap_err();
+    assert_eq!(e.key, "workers");
+}

@@ -11,6 +11,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::delivery::DeliveryError;
+use crate::route::{Skip, TenantId};
 use crate::store::StoreError;
 use crate::webhook::ParseError;
 
@@ -86,10 +87,80 @@ impl ApiError {
     }
 }
 
+/// A JSON response from an already encoded body. The hot path's answers are
+/// fixed strings, or one number in a fixed string, so they skip building a
+/// `serde_json::Value` (a map and four strings per answer).
+pub fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// `200 {"status":"routed","tenant_id":N}`, byte for byte what `json!` renders.
+pub fn routed(tenant: TenantId) -> Response<Full<Bytes>> {
+    json_bytes(StatusCode::OK, Bytes::from(format!(r#"{{"status":"routed","tenant_id":{tenant}}}"#)))
+}
+
+/// `200 {"reason":..,"status":..}` for a webhook that is not forwarded: senders
+/// without a lock are `unrouted`, everything else `ignored`.
+pub fn skipped(skip: Skip) -> Response<Full<Bytes>> {
+    json_bytes(StatusCode::OK, Bytes::from_static(skip_body(skip).as_bytes()))
+}
+
+fn skip_body(skip: Skip) -> &'static str {
+    match skip {
+        Skip::FromMe => r#"{"reason":"from_me","status":"ignored"}"#,
+        Skip::Group => r#"{"reason":"group","status":"ignored"}"#,
+        Skip::Broadcast => r#"{"reason":"broadcast","status":"ignored"}"#,
+        Skip::Channel => r#"{"reason":"channel","status":"ignored"}"#,
+        Skip::NoSender => r#"{"reason":"no_sender","status":"ignored"}"#,
+        Skip::EventIgnored => r#"{"reason":"event_ignored","status":"ignored"}"#,
+        Skip::NoDeepLink => r#"{"reason":"no_deep_link","status":"unrouted"}"#,
+        Skip::UnknownTenant => r#"{"reason":"unknown_tenant","status":"unrouted"}"#,
+        Skip::NotLocked => r#"{"reason":"not_locked","status":"unrouted"}"#,
+    }
+}
+
 /// A JSON response with the given status.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body(resp: Response<Full<Bytes>>) -> String {
+        let Ok(collected) = poll_once(resp.into_body().collect());
+        let bytes = collected.to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// The bodies are ready at once; no runtime needed.
+    fn poll_once<F: std::future::Future>(f: F) -> F::Output {
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut cx) {
+            std::task::Poll::Ready(v) => v,
+            std::task::Poll::Pending => panic!("body not ready"),
+        }
+    }
+
+    #[test]
+    fn fixed_bodies_match_what_json_renders() {
+        assert_eq!(body(routed(1234)), json!({"status": "routed", "tenant_id": 1234}).to_string());
+        for skip in Skip::ALL {
+            let status = match skip {
+                Skip::NoDeepLink | Skip::UnknownTenant | Skip::NotLocked => "unrouted",
+                _ => "ignored",
+            };
+            assert_eq!(body(skipped(skip)), json!({"status": status, "reason": skip.as_str()}).to_string());
+        }
+    }
 }

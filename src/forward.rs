@@ -10,7 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper_rustls::HttpsConnector;
@@ -34,6 +34,13 @@ pub const HEADER_REQUEST_ID: &str = "x-webhook-request-id";
 
 /// Tenant answers kept for dead letters are cut to this many bytes.
 pub const KEPT_RESPONSE_BYTES: usize = 1024;
+
+// The same names as `HeaderName`s: built from a `&str` at each request, a
+// custom header name is parsed and copied into a new allocation every time.
+const TENANT_ID_NAME: HeaderName = HeaderName::from_static(HEADER_TENANT_ID);
+const SENDER_NAME: HeaderName = HeaderName::from_static(HEADER_SENDER);
+const NEW_SESSION_NAME: HeaderName = HeaderName::from_static(HEADER_NEW_SESSION);
+const REQUEST_ID_NAME: HeaderName = HeaderName::from_static(HEADER_REQUEST_ID);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -135,13 +142,13 @@ impl Forwarder {
     pub async fn send(&self, out: Outbound<'_>) -> Result<StatusCode, ForwardError> {
         let mut req = Request::post(out.uri.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(HEADER_TENANT_ID, out.tenant)
-            .header(HEADER_SENDER, out.sender.to_string());
+            .header(TENANT_ID_NAME, out.tenant)
+            .header(SENDER_NAME, out.sender.to_string());
         if out.new_session {
-            req = req.header(HEADER_NEW_SESSION, HeaderValue::from_static("true"));
+            req = req.header(NEW_SESSION_NAME, HeaderValue::from_static("true"));
         }
         if let Some(id) = out.request_id {
-            req = req.header(HEADER_REQUEST_ID, id);
+            req = req.header(REQUEST_ID_NAME, id);
         }
         req = req
             .header(sign::HEADER_ID, out.webhook_id)

@@ -14,13 +14,12 @@ use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use serde_json::json;
 
 use crate::auth;
 use crate::config::MAX_BODY_BYTES;
 use crate::delivery::dedupe::MessageKey;
 use crate::delivery::{Accepted, Message};
-use crate::error::{json_response, ApiError};
+use crate::error::{self, json_bytes, ApiError};
 use crate::forward::HEADER_REQUEST_ID;
 use crate::metrics::{event_index, Outcome};
 use crate::route::{classify, decide, identity_hash, message_identity, Decision, Plan, Sender, Skip, TenantId};
@@ -124,11 +123,7 @@ fn audit_refused(app: &crate::App, sender: Sender, held: TenantId, asked: Option
 }
 
 fn skipped(skip: Skip) -> (Outcome, Response<Full<Bytes>>) {
-    let status = match skip {
-        Skip::NoDeepLink | Skip::UnknownTenant | Skip::NotLocked => "unrouted",
-        _ => "ignored",
-    };
-    (Outcome::Skipped(skip), json_response(StatusCode::OK, &json!({"status": status, "reason": skip.as_str()})))
+    (Outcome::Skipped(skip), error::skipped(skip))
 }
 
 async fn deliver(
@@ -164,18 +159,21 @@ async fn deliver(
         elapsed_us = started.elapsed().as_micros() as u64,
         "forwarded"
     );
+    // Fixed shapes, written directly: no `serde_json::Value` per answer.
     let (outcome, body) = match accepted {
-        Accepted::Delivered => (outcome, json!({"status": "routed", "tenant_id": tenant})),
+        Accepted::Delivered => return Ok((outcome, error::routed(tenant))),
         Accepted::Queued { seq } => {
-            (Outcome::Queued, json!({"status": "queued", "tenant_id": tenant, "delivery_id": seq}))
+            (Outcome::Queued, format!(r#"{{"delivery_id":{seq},"status":"queued","tenant_id":{tenant}}}"#))
         }
         Accepted::DeadLettered { seq, status } => (
             Outcome::DeadLettered,
-            json!({"status": "dead_lettered", "tenant_id": tenant, "delivery_id": seq, "tenant_status": status}),
+            format!(
+                r#"{{"delivery_id":{seq},"status":"dead_lettered","tenant_id":{tenant},"tenant_status":{status}}}"#
+            ),
         ),
-        Accepted::Duplicate => (Outcome::Duplicate, json!({"status": "duplicate", "tenant_id": tenant})),
+        Accepted::Duplicate => (Outcome::Duplicate, format!(r#"{{"status":"duplicate","tenant_id":{tenant}}}"#)),
     };
-    Ok((outcome, json_response(StatusCode::OK, &body)))
+    Ok((outcome, json_bytes(StatusCode::OK, Bytes::from(body))))
 }
 
 /// Reads the body, refusing more than [`MAX_BODY_BYTES`]: at once when

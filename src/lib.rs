@@ -14,6 +14,7 @@
 //! - [`forward`]: the only module that opens outbound connections.
 //! - [`auth`], [`ingest`], [`error`], [`server`]: the HTTP side.
 //! - [`admin`]: the admin API (tokens, senders, tenants, links and QR codes, audit, backup).
+//! - [`per_core`]: thread-per-core serving (one runtime, listener and pool per thread).
 //! - [`metrics`]: Prometheus metrics with cached handles.
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
 //! - [`cli`]: the command line; `main.rs` only calls it. [`ops`]: the operations commands.
@@ -24,6 +25,7 @@
 pub mod admin;
 pub mod auth;
 pub mod autoreply;
+pub mod background;
 pub mod cli;
 pub mod config;
 pub mod deeplink;
@@ -35,6 +37,7 @@ pub mod locks;
 pub mod mapping;
 pub mod metrics;
 pub mod ops;
+pub mod per_core;
 pub mod registry;
 pub mod route;
 pub mod secrets;
@@ -52,13 +55,11 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use config::Config;
 
+use crate::background::Background;
 use crate::delivery::Delivery;
-use crate::forward::Forwarder;
 use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::registry::{Registry, RegistryError};
@@ -81,6 +82,10 @@ pub enum StartError {
     Registry(#[from] RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: io::Error },
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
+    #[error("a worker thread failed (see the log)")]
+    Worker,
 }
 
 /// Everything the request path shares, across all workers.
@@ -169,40 +174,10 @@ pub async fn run(config: Config, listeners: Listeners, shutdown: impl Future<Out
 
 /// Serves an opened app until `shutdown` resolves, drains, and flushes the store.
 pub async fn serve(app: Arc<App>, listeners: Listeners, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
-    let stop_metrics = CancellationToken::new();
-    let metrics_task = listeners
-        .metrics
-        .map(|l| tokio::spawn(server::serve_metrics(Arc::clone(&app), l, stop_metrics.clone().cancelled_owned())));
-    // The queue: resumes what a previous run left parked.
-    let stop_queue = CancellationToken::new();
-    let queue_attempts = TaskTracker::new();
-    let queue = tokio::spawn(delivery::run(
-        Arc::clone(&app.delivery),
-        Arc::clone(&app.registry) as Arc<dyn delivery::Targets>,
-        Forwarder::new(&app.config.forward),
-        stop_queue.clone(),
-        queue_attempts.clone(),
-    ));
+    let background = Background::start(&app, listeners.metrics);
     let worker = Arc::new(Worker::new(Arc::clone(&app)));
     server::serve(worker, listeners.http, shutdown).await;
-    // Stop scheduling; attempts in flight get the drain deadline, and whatever
-    // is not delivered stays in the outbox for the next start.
-    stop_queue.cancel();
-    let _ = queue.await;
-    if let Err(e) = app.delivery.save_dedupe(false) {
-        tracing::warn!(error = %e, "could not save dedupe keys at shutdown");
-    }
-    queue_attempts.close();
-    if tokio::time::timeout(app.config.drain_timeout, queue_attempts.wait()).await.is_err() {
-        tracing::warn!("queue attempts still running at the drain deadline; they resume on the next start");
-    }
-    stop_metrics.cancel();
-    if let Some(task) = metrics_task {
-        let _ = task.await;
-    }
-    if let Some(auto_reply) = &app.auto_reply {
-        auto_reply.close(std::time::Duration::from_secs(5)).await;
-    }
+    background.stop().await;
     app.store.flush()?;
     tracing::info!("stopped");
     Ok(())

@@ -139,6 +139,26 @@ impl Outcome {
     fn all() -> impl Iterator<Item = Outcome> {
         OTHER_OUTCOMES.into_iter().chain(Skip::ALL.into_iter().map(Outcome::Skipped))
     }
+
+    /// Position in [`Outcome::all`], computed instead of searched: this runs
+    /// once per webhook. `outcome_index_matches_all` below checks it.
+    fn index(self) -> usize {
+        match self {
+            Outcome::Routed => 0,
+            Outcome::LockedNew => 1,
+            Outcome::RelockRefused => 2,
+            Outcome::Unauthorized => 3,
+            Outcome::BadRequest => 4,
+            Outcome::TooLarge => 5,
+            Outcome::Queued => 6,
+            Outcome::DeadLettered => 7,
+            Outcome::Duplicate => 8,
+            Outcome::InProgress => 9,
+            Outcome::StoreError => 10,
+            // `Skip::ALL` lists the variants in declaration order.
+            Outcome::Skipped(skip) => OTHER_OUTCOMES.len() + skip as usize,
+        }
+    }
 }
 
 /// Index of an event name in [`EVENTS`].
@@ -157,7 +177,7 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     /// `[event][outcome]`, outcome in the order of `Outcome::all()`.
-    webhooks: Vec<Vec<(Outcome, Counter)>>,
+    webhooks: Vec<Vec<Counter>>,
     forwards: Vec<Counter>,
     pub forward_duration: Histogram,
     locks_created: Counter,
@@ -237,8 +257,7 @@ impl Metrics {
             .map(|event| {
                 Outcome::all()
                     .map(|o| {
-                        let labels = vec![Label::new("event", *event), Label::new("outcome", o.as_str())];
-                        (o, counter(WEBHOOKS_TOTAL, labels))
+                        counter(WEBHOOKS_TOTAL, vec![Label::new("event", *event), Label::new("outcome", o.as_str())])
                     })
                     .collect()
             })
@@ -277,7 +296,7 @@ impl Metrics {
     }
 
     pub fn webhook(&self, event: usize, outcome: Outcome) {
-        if let Some((_, c)) = self.webhooks.get(event).and_then(|e| e.iter().find(|(o, _)| *o == outcome)) {
+        if let Some(c) = self.webhooks.get(event).and_then(|row| row.get(outcome.index())) {
             c.increment(1);
         }
     }
@@ -367,5 +386,12 @@ mod tests {
         assert!(text.contains("whatsapp_router_forwards_total{outcome=\"timeout\"} 1"), "{text}");
         assert!(text.contains("whatsapp_router_locks_created_total 1"), "{text}");
         assert!(!text.contains("tenant_id"), "{text}");
+    }
+
+    #[test]
+    fn outcome_index_matches_all() {
+        for (i, outcome) in Outcome::all().enumerate() {
+            assert_eq!(outcome.index(), i, "{outcome:?}");
+        }
     }
 }

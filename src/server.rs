@@ -19,11 +19,10 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::error::{json_response, ApiError};
+use crate::error::{json_bytes, ApiError};
 use crate::forward::Forwarder;
 use crate::metrics::Route;
 use crate::{admin, ingest, App};
@@ -51,12 +50,14 @@ pub async fn dispatch(worker: &Worker, req: Request<Incoming>) -> Response<Full<
     match (path, req.method()) {
         ("/api/gateway/waha", &Method::POST) => ingest::handle(worker, req).await,
         ("/api/gateway/waha", _) => ApiError::MethodNotAllowed("POST").into_response(),
-        ("/healthz", &Method::GET | &Method::HEAD) => json_response(StatusCode::OK, &json!({"status": "ok"})),
+        ("/healthz", &Method::GET | &Method::HEAD) => {
+            json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
+        }
         ("/readyz", &Method::GET | &Method::HEAD) => {
             if worker.app.draining.load(Ordering::Acquire) {
-                json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining"}))
+                json_bytes(StatusCode::SERVICE_UNAVAILABLE, Bytes::from_static(br#"{"status":"draining"}"#))
             } else {
-                json_response(StatusCode::OK, &json!({"status": "ready"}))
+                json_bytes(StatusCode::OK, Bytes::from_static(br#"{"status":"ready"}"#))
             }
         }
         ("/healthz" | "/readyz", _) => ApiError::MethodNotAllowed("GET, HEAD").into_response(),
@@ -82,6 +83,9 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
+    // Past the drain deadline, connections still open are closed (dropped), so
+    // that no task outlives `serve` holding the app (and the database) open.
+    let force_close = tokio_util::sync::CancellationToken::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -102,9 +106,13 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
                     async move { Ok::<_, Infallible>(timed(&worker, req).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+                let force_close = force_close.clone();
                 tracker.spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    tokio::select! {
+                        result = conn => if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        },
+                        () = force_close.cancelled() => {}
                     }
                 });
             }
@@ -119,7 +127,9 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(deadline) => tracing::warn!(left = tracker.len(), "drain deadline passed; closing remaining connections"),
     }
+    force_close.cancel();
     tracker.close();
+    tracker.wait().await;
 }
 
 /// Serves `GET /metrics` on its own listener until `shutdown` resolves, and runs

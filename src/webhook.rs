@@ -103,15 +103,30 @@ impl<'a> Payload<'a> {
     }
 }
 
+/// Per-thread parse state, reused by every parse on the thread.
+struct Scratch {
+    /// A padded copy of the body: simd-json parses in place, and the original
+    /// bytes must be forwarded unchanged.
+    input: Vec<u8>,
+    buffers: simd_json::Buffers,
+    /// The tape's allocation between parses (always empty here).
+    tape: Option<simd_json::Tape<'static>>,
+}
+
 thread_local! {
-    /// Per-thread scratch space: simd-json parses in place, and the original bytes
-    /// must be forwarded unchanged, so each parse works on a copy kept here.
-    static SCRATCH: RefCell<(Vec<u8>, simd_json::Buffers)> =
-        RefCell::new((Vec::with_capacity(16 * 1024), simd_json::Buffers::default()));
+    static SCRATCH: RefCell<Scratch> = RefCell::new(Scratch {
+        input: Vec::with_capacity(16 * 1024),
+        buffers: simd_json::Buffers::default(),
+        tape: Some(simd_json::Tape::null()),
+    });
 }
 
 /// Parses `body` and hands the borrowed envelope to `f`. The envelope borrows from
 /// a thread-local copy, so it cannot outlive the call: take out what you need.
+///
+/// Uses simd-json's reusable-tape path (`fill_tape_padded`): the body is copied
+/// once, into a buffer that already has simd-json's padding, and neither the
+/// tape nor the buffers are allocated per request (benches/parse.rs).
 pub fn with_envelope<R>(body: &[u8], f: impl FnOnce(&Envelope<'_>) -> R) -> Result<R, ParseError> {
     // serde would read a JSON array as a struct's fields in order; only an
     // object is an envelope.
@@ -120,19 +135,27 @@ pub fn with_envelope<R>(body: &[u8], f: impl FnOnce(&Envelope<'_>) -> R) -> Resu
     }
     SCRATCH.with(|scratch| {
         let mut scratch = scratch.borrow_mut();
-        let (buf, buffers) = &mut *scratch;
-        buf.clear();
-        buf.extend_from_slice(body);
-        let raw: RawEnvelope<'_> =
-            simd_json::serde::from_slice_with_buffers(buf, buffers).map_err(|e| ParseError::Json(e.to_string()))?;
-        let envelope = Envelope {
-            id: raw.id.0,
-            event: raw.event.0.ok_or(ParseError::MissingEvent)?,
-            session: raw.session.0,
-            me: raw.me.0.unwrap_or_default(),
-            payload: raw.payload.0.ok_or(ParseError::MissingPayload)?,
-        };
-        Ok(f(&envelope))
+        let Scratch { input, buffers, tape: slot } = &mut *scratch;
+        input.clear();
+        input.extend_from_slice(body);
+        input.resize(body.len() + simd_json::INPUT_PADDING, b' ');
+        let mut tape = slot.take().unwrap_or_else(simd_json::Tape::null).reset();
+        let filled = simd_json::fill_tape_padded(input, body.len(), buffers, &mut tape);
+        let mut de = simd_json::Deserializer::from_tape(tape);
+        let result =
+            filled.and_then(|()| RawEnvelope::deserialize(&mut de)).map_err(|e| ParseError::Json(e.to_string()));
+        let result = result.and_then(|raw| {
+            let envelope = Envelope {
+                id: raw.id.0,
+                event: raw.event.0.ok_or(ParseError::MissingEvent)?,
+                session: raw.session.0,
+                me: raw.me.0.unwrap_or_default(),
+                payload: raw.payload.0.ok_or(ParseError::MissingPayload)?,
+            };
+            Ok(f(&envelope))
+        });
+        *slot = Some(de.into_tape().reset());
+        result
     })
 }
 

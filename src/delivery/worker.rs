@@ -63,6 +63,11 @@ pub async fn run(
             () = tokio::time::sleep(sleep) => {}
             _ = housekeeping.tick() => {
                 ticks += 1;
+                // Histogram samples are folded into buckets here too, so they do
+                // not pile up when nothing scrapes (or `metrics_listen = "off"`).
+                if ticks % 5 == 0 {
+                    delivery.metrics.upkeep();
+                }
                 if let Err(e) = delivery.save_dedupe(ticks % PRUNE_EVERY_TICKS == 0) {
                     tracing::warn!(error = %e, "could not save dedupe keys; will try again");
                 }

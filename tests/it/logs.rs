@@ -47,9 +47,11 @@ async fn json_logs_cover_the_lifecycle_and_mask_phone_numbers() {
         assert!(line["elapsed_us"].is_u64(), "{line}");
         assert_eq!(line["sender"], "9715****6543");
     }
-    for message in ["sender locked to tenant", "shutdown requested", "draining", "stopped"] {
+    for message in ["sender locked to tenant", "shutdown requested", "stopped"] {
         assert_eq!(find(message).len(), 1, "`{message}` once:\n{text}");
     }
+    // Each worker drains its own connections (thread-per-core: one per CPU).
+    assert!(!find("draining").is_empty(), "draining logged:\n{text}");
     assert!(!text.contains("971509876543"), "a phone number is logged unmasked:\n{text}");
     assert!(!text.contains(API_KEY), "the API key is logged:\n{text}");
 }

@@ -8,6 +8,7 @@ mod delivery;
 mod logs;
 mod metrics;
 mod ops;
+mod per_core;
 mod prometheus;
 mod routing;
 mod security;
