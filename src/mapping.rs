@@ -61,11 +61,29 @@ pub enum MappingError {
     Io(#[from] io::Error),
 }
 
-/// Imports a mapping file into the store. Entries are locked with the same
-/// compare-and-swap as first contacts; the store is flushed before returning.
+/// Entries locked per transaction: large enough that the per-transaction cost
+/// vanishes, small enough to keep the transaction's memory bounded.
+const IMPORT_CHUNK: usize = 4096;
+
+/// Imports a mapping file into the store. Existing locks win (first lock wins,
+/// as for first contacts); entries go in by chunks of [`IMPORT_CHUNK`], each one
+/// transaction that also keeps the per-tenant counters; the store is flushed
+/// before returning.
 pub fn import(reader: impl BufRead, store: &Store, registry: &Registry) -> Result<ImportReport, MappingError> {
     let mut report = ImportReport::default();
     let mut failure: Option<StoreError> = None;
+    let mut chunk: Vec<(SenderKey, TenantId)> = Vec::with_capacity(IMPORT_CHUNK);
+    let flush_chunk = |chunk: &mut Vec<(SenderKey, TenantId)>, report: &mut ImportReport| -> Result<(), StoreError> {
+        for ((_, asked), got) in chunk.iter().zip(store.import_locks(chunk)?) {
+            match (got.created, got.tenant == *asked) {
+                (true, _) => report.added += 1,
+                (false, true) => report.kept += 1,
+                (false, false) => report.refused_locked += 1,
+            }
+        }
+        chunk.clear();
+        Ok(())
+    };
     let mut apply = |key: &str, tenant: Option<u64>| {
         if failure.is_some() {
             return;
@@ -78,11 +96,11 @@ pub fn import(reader: impl BufRead, store: &Store, registry: &Registry) -> Resul
             report.refused_unknown_tenant += 1;
             return;
         };
-        match store.lock_if_absent_by(&[sender], tenant, "import") {
-            Ok(o) if o.created => report.added += 1,
-            Ok(o) if o.tenant == tenant => report.kept += 1,
-            Ok(_) => report.refused_locked += 1,
-            Err(e) => failure = Some(e),
+        chunk.push((sender, tenant));
+        if chunk.len() == IMPORT_CHUNK {
+            if let Err(e) = flush_chunk(&mut chunk, &mut report) {
+                failure = Some(e);
+            }
         }
     };
     let mut de = serde_json::Deserializer::from_reader(reader);
@@ -91,7 +109,9 @@ pub fn import(reader: impl BufRead, store: &Store, registry: &Registry) -> Resul
     if let Some(e) = failure {
         return Err(e.into());
     }
+    flush_chunk(&mut chunk, &mut report)?;
     store.flush()?;
+    tracing::info!(%report, "mapping imported");
     Ok(report)
 }
 

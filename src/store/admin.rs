@@ -77,6 +77,44 @@ pub struct AuditQuery {
     pub limit: usize,
 }
 
+impl Store {
+    /// Bulk locks for `mapping import`: one transaction over `locks` and
+    /// `tenant_counts` for the whole chunk (callers pass a few thousand
+    /// entries), first lock wins as everywhere. Imported locks are counted but
+    /// not audited one by one: ten million audit records would take several
+    /// times the space of the locks themselves; the import's report is printed
+    /// and logged instead.
+    pub fn import_locks(&self, entries: &[(SenderKey, TenantId)]) -> Result<Vec<super::LockOutcome>, StoreError> {
+        self.check_writable()?;
+        (&self.locks, &self.counts)
+            .transaction(|(locks, counts)| {
+                let mut outcomes = Vec::with_capacity(entries.len());
+                let mut added: BTreeMap<TenantId, i64> = BTreeMap::new();
+                for (key, tenant) in entries {
+                    // Reads see this transaction's own writes, so a key twice in
+                    // one chunk is locked once, to its first tenant.
+                    let outcome = match locks.get(key.to_bytes())? {
+                        Some(v) => super::LockOutcome {
+                            tenant: decode_tenant(&v).map_err(ConflictableTransactionError::Abort)?,
+                            created: false,
+                        },
+                        None => {
+                            locks.insert(&key.to_bytes()[..], &tenant.to_be_bytes()[..])?;
+                            *added.entry(*tenant).or_default() += 1;
+                            super::LockOutcome { tenant: *tenant, created: true }
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                for (tenant, n) in added {
+                    tx_add_count(counts, tenant, n)?;
+                }
+                Ok(outcomes)
+            })
+            .map_err(tx_error)
+    }
+}
+
 /// Lock counts per tenant.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {

@@ -374,10 +374,13 @@ impl Process {
                 log_writer.lock().unwrap().push('\n');
             }
         });
-        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .unwrap_or_else(|_| panic!("router did not log its address; stderr:\n{}", log.lock().unwrap()));
+        let addr = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30))).await.unwrap();
+        let Ok(addr) = addr else {
+            // Never leave the process behind a failed test.
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("router did not log its address; stderr:\n{}", log.lock().unwrap());
+        };
         let addr: SocketAddr = addr.parse().unwrap();
         wait_ready(addr).await;
         Process { child, addr, log, reader: Some(reader) }
