@@ -53,8 +53,7 @@ impl Delivery {
         let lane_key = record.sender.cache_key();
         let now = now_ms();
         let (new_seq, head) = {
-            let mut lane =
-                self.lanes.entry(lane_key).or_insert_with(|| Lane { slots: Default::default(), due_ms: None });
+            let mut lane = self.lanes.entry(lane_key).or_insert_with(Lane::new);
             let new_seq = self.store.next_seq()?;
             if self.store.resurrect(seq, new_seq, now)?.is_none() {
                 return Ok(None);

@@ -19,7 +19,7 @@ pub mod schedule;
 pub mod sign;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -142,10 +142,7 @@ impl Delivery {
         let mut parked = 0;
         for record in delivery.store.deliveries(DeliveryState::Parked, 0) {
             let record = record?;
-            let mut lane = delivery
-                .lanes
-                .entry(record.sender.cache_key())
-                .or_insert_with(|| Lane { slots: VecDeque::new(), due_ms: None });
+            let mut lane = delivery.lanes.entry(record.sender.cache_key()).or_insert_with(Lane::new);
             if lane.slots.is_empty() {
                 lane.due_ms = Some(record.next_attempt_ms);
             }
@@ -180,7 +177,7 @@ impl Delivery {
         }
         let claim = Claim { dedupe: &self.dedupe, key: msg.key, done: false };
         let lane_key = msg.sender.cache_key();
-        let (seq, head) = self.reserve(lane_key)?;
+        let (seq, head, turn) = self.reserve(lane_key)?;
         let mut record = DeliveryRecord {
             seq,
             webhook_id: webhook_id(&msg.key),
@@ -196,6 +193,7 @@ impl Delivery {
             response_body: None,
             body: msg.body,
         };
+        let head = head || self.wait_for_turn(lane_key, seq, &turn).await;
         // Inline attempts only go to tenants whose breaker is closed; the
         // half-open trial of a failing tenant is the queue's, so WAHA never
         // waits on a tenant known to be failing.

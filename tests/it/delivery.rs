@@ -517,3 +517,28 @@ async fn permanent_refusals_are_dead_letters_that_can_be_replayed() {
     assert_eq!(status, StatusCode::FORBIDDEN);
     router.stop().await;
 }
+
+/// Concurrent messages of one sender to a healthy tenant wait for each other
+/// (per-sender order) and all go inline: none is parked in the outbox.
+#[tokio::test]
+async fn a_burst_from_one_sender_goes_inline_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = Backend::start().await;
+    backend.delay_ms.store(20, std::sync::atomic::Ordering::SeqCst);
+    let router = std::sync::Arc::new(Router::start(&Setup::new(&backend), &dir.path().join("data")).await);
+    assert_eq!(router.webhook(numbered("971599000001@c.us", 0)).await.1["status"], "routed");
+    let burst: Vec<_> = (1..=10)
+        .map(|n| {
+            let router = router.clone();
+            tokio::spawn(async move { router.webhook(numbered("971599000001@c.us", n)).await })
+        })
+        .collect();
+    for answer in burst {
+        let (status, body) = answer.await.unwrap();
+        assert_eq!((status, body["status"].as_str()), (StatusCode::OK, Some("routed")), "{body}");
+    }
+    assert_eq!(backend.received().len(), 11);
+    assert_eq!(router.metric("whatsapp_router_queue_parked").await, 0.0);
+    assert_eq!(router.metric("whatsapp_router_webhooks_total{event=\"message\",outcome=\"queued\"}").await, 0.0);
+    std::sync::Arc::try_unwrap(router).ok().unwrap().stop().await;
+}
