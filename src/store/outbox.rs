@@ -171,35 +171,47 @@ impl Store {
         }
     }
 
-    /// Records accepted message keys, in one batch. Keys are time-ordered
-    /// (`at_ms` first), so pruning is a range scan.
+    /// Records accepted message keys as one record: key = the newest
+    /// `at_ms` of the batch (big-endian, so records sort by time) plus a
+    /// sequence number, value = the keys, 24 bytes each (`at_ms` + key). One
+    /// sled write a second instead of one per message.
     pub fn dedupe_mark_all(&self, keys: &[(u64, [u8; 16])]) -> Result<(), StoreError> {
-        if keys.is_empty() {
+        let Some(newest) = keys.iter().map(|(at, _)| *at).max() else {
             return Ok(());
-        }
+        };
         self.check_writable()?;
-        let mut batch = sled::Batch::default();
+        let mut record_key = [0u8; 16];
+        record_key[..8].copy_from_slice(&newest.to_be_bytes());
+        record_key[8..].copy_from_slice(&self.next_seq()?.to_be_bytes());
+        let mut value = Vec::with_capacity(keys.len() * 24);
         for (at_ms, key) in keys {
-            let mut k = [0u8; 24];
-            k[..8].copy_from_slice(&at_ms.to_be_bytes());
-            k[8..].copy_from_slice(key);
-            batch.insert(&k[..], &[][..]);
+            value.extend_from_slice(&at_ms.to_be_bytes());
+            value.extend_from_slice(key);
         }
-        self.dedupe.apply_batch(batch)?;
+        self.dedupe.insert(record_key, value)?;
         Ok(())
     }
 
-    /// Accepted keys since `since_ms`, oldest first.
+    /// Accepted keys from records written since `since_ms` (a record may also
+    /// hold keys up to a second older; callers filter by time).
     pub fn dedupe_since(&self, since_ms: u64) -> impl Iterator<Item = Result<(u64, [u8; 16]), StoreError>> + '_ {
-        self.dedupe.range(since_ms.to_be_bytes()..).map(|item| {
-            let (k, _) = item?;
-            let at = u64::from_be_bytes(k[..8].try_into().map_err(|_| corrupt(DEDUPE_TREE, "short key"))?);
-            let key: [u8; 16] = k[8..].try_into().map_err(|_| corrupt(DEDUPE_TREE, "short key"))?;
-            Ok((at, key))
+        self.dedupe.range(since_ms.to_be_bytes()..).flat_map(|item| {
+            let keys: Vec<Result<(u64, [u8; 16]), StoreError>> = match item {
+                Err(e) => vec![Err(e.into())],
+                Ok((_, v)) if v.len() % 24 != 0 => vec![Err(corrupt(DEDUPE_TREE, "record is not 24-byte entries"))],
+                Ok((_, v)) => v
+                    .chunks_exact(24)
+                    .map(|c| {
+                        let at = u64::from_be_bytes(c[..8].try_into().expect("8 bytes"));
+                        Ok((at, c[8..].try_into().expect("16 bytes")))
+                    })
+                    .collect(),
+            };
+            keys
         })
     }
 
-    /// Deletes keys accepted before `before_ms`; returns how many.
+    /// Deletes the records written before `before_ms`; returns how many.
     pub fn dedupe_prune(&self, before_ms: u64) -> Result<usize, StoreError> {
         let mut removed = 0;
         for item in self.dedupe.range(..before_ms.to_be_bytes()) {
@@ -261,8 +273,12 @@ mod tests {
     fn dedupe_keys_prune_by_time() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.dedupe_mark_all(&[(10, [1; 16]), (20, [2; 16])]).unwrap();
-        assert_eq!(store.dedupe_prune(15).unwrap(), 1);
+        store.dedupe_mark_all(&[(10, [1; 16]), (12, [3; 16])]).unwrap();
+        store.dedupe_mark_all(&[(20, [2; 16])]).unwrap();
+        store.dedupe_mark_all(&[]).unwrap();
+        let all: Vec<_> = store.dedupe_since(0).map(|r| r.unwrap()).collect();
+        assert_eq!(all, vec![(10, [1; 16]), (12, [3; 16]), (20, [2; 16])]);
+        assert_eq!(store.dedupe_prune(15).unwrap(), 1, "the first record, newest key at 12");
         let left: Vec<_> = store.dedupe_since(0).map(|r| r.unwrap()).collect();
         assert_eq!(left, vec![(20, [2; 16])]);
     }
