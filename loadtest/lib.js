@@ -26,9 +26,12 @@ const GATEWAY = '971557357753@c.us';
 const PAD = 'Lorem ipsum dolor sit amet, consectetur adipiscing elit. '.repeat(8);
 
 export function messageBody(from, text, n) {
-  const id = `false_${from}_3EB0${n.toString(16).toUpperCase().padStart(16, '0')}`;
+  // The router dedupes on the session plus this key id (as WhatsApp's are
+  // random, they are unique): make it unique per run, VU and message.
+  const key = `3EB0${RUN_ID.toString(16).padStart(2, '0')}${__VU.toString(16).padStart(4, '0')}${n.toString(16).padStart(10, '0')}`;
+  const id = `false_${from}_${key.toUpperCase()}`;
   return JSON.stringify({
-    id: `evt_01k${n}`,
+    id: `evt_01k${RUN_ID}_${__VU}_${n}`,
     timestamp: 1700000000000 + n,
     event: 'message',
     session: 'default',
