@@ -56,6 +56,13 @@ pub struct Config {
     pub deep_link_prefix: String,
     /// How long a graceful shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers; also how long a
+    /// keep-alive connection may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request body.
+    pub body_read_timeout: Duration,
     pub waha: WahaConfig,
     pub admin: AdminConfig,
     pub forward: ForwardConfig,
@@ -257,6 +264,12 @@ struct RawConfig {
     deep_link_prefix: String,
     #[serde(default = "default_drain_ms", deserialize_with = "flex_num")]
     drain_timeout_ms: u64,
+    #[serde(default = "default_max_connections", deserialize_with = "flex_num")]
+    max_connections: usize,
+    #[serde(default = "default_read_timeout_ms", deserialize_with = "flex_num")]
+    header_read_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms", deserialize_with = "flex_num")]
+    body_read_timeout_ms: u64,
     #[serde(default)]
     waha: RawWaha,
     #[serde(default)]
@@ -395,6 +408,12 @@ fn default_prefix() -> String {
 fn default_drain_ms() -> u64 {
     10_000
 }
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_read_timeout_ms() -> u64 {
+    10_000
+}
 fn default_template() -> String {
     "http://127.0.0.1:9000/tenants/{tenant_id}/whatsapp".into()
 }
@@ -477,6 +496,15 @@ impl RawConfig {
         if prefix.ends_with(|c: char| c.is_ascii_digit()) {
             return Err(ConfigError::new("deep_link_prefix", "must not end with a digit (the tenant id follows it)"));
         }
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
         let auto_reply = auto_reply(&self.waha)?;
         let waha = WahaConfig {
             api_key: secret("waha.api_key", self.waha.api_key)?,
@@ -555,6 +583,9 @@ impl RawConfig {
             gateway_phone: self.gateway_phone,
             deep_link_prefix: self.deep_link_prefix,
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             waha,
             admin,
             forward,

@@ -96,6 +96,9 @@ pub struct App {
     pub auto_reply: Option<autoreply::AutoReply>,
     /// Set when shutdown starts; `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// One permit per open connection (`max_connections`), shared by every
+    /// accept loop, so the limit is per process however many loops there are.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -115,6 +118,7 @@ impl App {
             Arc::clone(&metrics),
         )?);
         let auto_reply = config.waha.auto_reply.clone().map(|c| autoreply::AutoReply::new(c, &metrics));
+        let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         Ok(Arc::new(App {
             auto_reply,
             locks: Locks::new(Arc::clone(&store)),
@@ -125,6 +129,7 @@ impl App {
             registry,
             metrics,
             draining: AtomicBool::new(false),
+            connection_slots,
         }))
     }
 

@@ -5,6 +5,7 @@ mod admin;
 mod autoreply;
 mod cli;
 mod delivery;
+mod hardening;
 mod ops;
 mod routing;
 mod security;
