@@ -40,7 +40,7 @@ connection: close\r\nretry-after: 1\r\ncontent-length: 49\r\n\r\n\
 {\"status\":\"error\",\"error\":\"too many connections\"}";
 
 /// Refused connections being answered at once; past this, more are just closed.
-const MAX_REFUSING: usize = 256;
+const MAX_REFUSING: usize = 1024;
 
 /// One accept loop's state: the shared app and a client pool of its own.
 pub struct Worker {
@@ -104,8 +104,15 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
                     if !std::mem::replace(&mut full, true) {
                         tracing::warn!(max = worker.app.config.max_connections, "connection limit reached; refusing with 503");
                     }
-                    if let Ok(permit) = Arc::clone(&refusing).try_acquire_owned() {
-                        tracker.spawn(refuse(stream, permit));
+                    match Arc::clone(&refusing).try_acquire_owned() {
+                        Ok(permit) => {
+                            tracker.spawn(refuse(stream, permit));
+                        }
+                        // Refusing is saturated too: answer what fits in the
+                        // socket buffer (all of it, on a fresh socket) and close.
+                        Err(_) => {
+                            let _ = stream.try_write(BUSY);
+                        }
                     }
                     continue;
                 };
@@ -139,8 +146,9 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
 }
 
 /// Answers a connection over the limit with [`BUSY`] and closes it. The request
-/// is read and dropped for a moment first: closing a socket with unread data
-/// sends a reset, which can destroy the 503 before the client reads it.
+/// is read and dropped for a moment first (200 ms at most, so refusing keeps up
+/// with a flood): closing a socket with unread data sends a reset, which can
+/// destroy the 503 before the client reads it.
 async fn refuse(mut stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let linger = async {
@@ -156,7 +164,7 @@ async fn refuse(mut stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSe
         }
         Ok::<_, std::io::Error>(())
     };
-    let _ = tokio::time::timeout(Duration::from_secs(1), linger).await;
+    let _ = tokio::time::timeout(Duration::from_millis(200), linger).await;
 }
 
 /// Serves `GET /metrics` on its own listener until `shutdown` resolves, and runs

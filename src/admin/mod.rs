@@ -169,11 +169,15 @@ async fn process(worker: &Worker, req: Request<Incoming>) -> Result<Response<Ful
         (Route::Stats, _) => users::stats(app, &caller),
         (Route::UserTenant(key), _) => users::lookup(app, &caller, key).await,
         (Route::UserMapping(key), Method::DELETE) => users::delete(app, &caller, key).await,
-        (Route::UserMapping(key), _) => users::reassign(app, &caller, key, read_json(req, app.config.body_read_timeout).await?).await,
+        (Route::UserMapping(key), _) => {
+            users::reassign(app, &caller, key, read_json(req, app.config.body_read_timeout).await?).await
+        }
         (Route::Audit, _) => users::audit(app, req.uri().query().unwrap_or("")),
         (Route::Tenants, _) => tenants::list(app),
         (Route::Tenant(id), Method::GET) => tenants::get(app, id),
-        (Route::Tenant(id), Method::PUT) => tenants::put(app, id, read_json(req, app.config.body_read_timeout).await?).await,
+        (Route::Tenant(id), Method::PUT) => {
+            tenants::put(app, id, read_json(req, app.config.body_read_timeout).await?).await
+        }
         (Route::Tenant(id), _) => tenants::delete(app, id).await,
         (Route::TenantLink(id), _) => tenants::link(app, id),
         (Route::TenantQrSvg(id), _) => tenants::qr(app, id, false),

@@ -28,7 +28,10 @@ fn universe() -> Vec<SenderKey> {
 #[derive(Clone, Debug)]
 enum Event {
     /// A message; `link` is the tenant in its deep link, if any.
-    Message { sender: Sender, link: Option<u64> },
+    Message {
+        sender: Sender,
+        link: Option<u64>,
+    },
     Delete(SenderKey),
     Reassign(SenderKey, TenantId),
     Restart,
@@ -121,7 +124,11 @@ async fn run_library_case(events: Vec<Event>) {
                 assert_eq!(locks.delete(key, "prop").await.unwrap(), model.remove(&key), "step {step}: delete");
             }
             Event::Reassign(key, tenant) => {
-                assert_eq!(locks.reassign(key, tenant, "prop").await.unwrap(), model.insert(key, tenant), "step {step}");
+                assert_eq!(
+                    locks.reassign(key, tenant, "prop").await.unwrap(),
+                    model.insert(key, tenant),
+                    "step {step}"
+                );
             }
             Event::Restart => {
                 store.flush().unwrap();
@@ -195,7 +202,10 @@ async fn run_http_case(events: Vec<Event>) {
                 assert_eq!(status, http::StatusCode::OK, "step {step}: {body}");
                 match expected {
                     Some(t) => {
-                        assert_eq!((body["status"].as_str(), body["tenant_id"].as_u64()), (Some("routed"), Some(t.into())));
+                        assert_eq!(
+                            (body["status"].as_str(), body["tenant_id"].as_u64()),
+                            (Some("routed"), Some(t.into()))
+                        );
                         expected_forwards.insert(marker, t);
                     }
                     None => assert_eq!(body["status"], "unrouted", "step {step}: {body}"),
@@ -205,7 +215,11 @@ async fn run_http_case(events: Vec<Event>) {
                 let (status, body) =
                     router.admin("DELETE", &format!("/api/gateway/user/{key}/mapping"), None, &admin).await;
                 let previous = model.remove(&key);
-                assert_eq!(body["previous_tenant_id"].as_u64(), previous.map(u64::from), "step {step}: {status} {body}");
+                assert_eq!(
+                    body["previous_tenant_id"].as_u64(),
+                    previous.map(u64::from),
+                    "step {step}: {status} {body}"
+                );
             }
             Event::Reassign(key, tenant) => {
                 let body = serde_json::json!({"tenant_id": tenant});

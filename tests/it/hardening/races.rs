@@ -140,7 +140,11 @@ async fn racing_first_contacts_have_one_winner_and_counts_hold() {
         }
         for g in groups.iter().skip(round % 2).step_by(2) {
             for key in g.keys() {
-                assert_eq!(router.app.locks.lookup(key).await.unwrap(), None, "round {round}: {key} stale after delete");
+                assert_eq!(
+                    router.app.locks.lookup(key).await.unwrap(),
+                    None,
+                    "round {round}: {key} stale after delete"
+                );
             }
         }
         assert_counts_match(&router.app.store);
