@@ -178,6 +178,14 @@ fn serve(config: Config) -> Result<(), BoxError> {
             webhook_auth = auth_summary(&app),
             "whatsapp-router started"
         );
+        // sled may never return from calls blocked on a failed disk, and
+        // dropping it would flush: exit without either. Every acknowledged
+        // write was flushed before its acknowledgement.
+        crate::watchdog::spawn(std::sync::Arc::clone(&app.store), |error| {
+            tracing::error!(%error, "stopping: the store needs reopening (the supervisor restarts the router)");
+            eprintln!("whatsapp-router: the store stopped taking writes: {error}");
+            std::process::exit(1);
+        })?;
         crate::serve(app, listeners, shutdown_signal()).await?;
         Ok(())
     })

@@ -18,6 +18,7 @@
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
 //! - [`cli`]: the command line; `main.rs` only calls it. [`ops`]: the operations commands.
 //! - [`waha_setup`]: `waha setup`, pointing a WAHA session's webhook at the router.
+//! - [`watchdog`]: restarts the process when sled stops taking writes for good.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
@@ -42,6 +43,7 @@ pub mod sender;
 pub mod server;
 pub mod store;
 pub mod waha_setup;
+pub mod watchdog;
 pub mod webhook;
 
 use std::future::Future;

@@ -23,7 +23,7 @@ const SENDERS: usize = 8;
 
 /// One webhook that may fail in any way a dying server fails: `None` for a
 /// refused or reset connection or no answer within 5 s.
-async fn try_webhook(addr: SocketAddr, body: Bytes) -> Option<(StatusCode, serde_json::Value)> {
+pub(super) async fn try_webhook(addr: SocketAddr, body: Bytes) -> Option<(StatusCode, serde_json::Value)> {
     let req = Request::post(format!("http://{addr}/api/gateway/waha"))
         .header("x-api-key", API_KEY)
         .body(Full::new(body))
