@@ -64,10 +64,7 @@ fn model_message(model: &mut HashMap<SenderKey, TenantId>, sender: Sender, link:
     let keys: Vec<SenderKey> = sender.keys().collect();
     let holder = match keys.iter().find_map(|k| model.get(k).copied()) {
         Some(t) => t,
-        None => match link.and_then(|l| TenantId::try_from(l).ok()).filter(|t| TENANTS.contains(t)) {
-            Some(t) => t,
-            None => return None,
-        },
+        None => link.and_then(|l| TenantId::try_from(l).ok()).filter(|t| TENANTS.contains(t))?,
     };
     for k in keys {
         model.entry(k).or_insert(holder);
