@@ -94,7 +94,14 @@ async fn flapping_store_failures_lose_nothing_acknowledged() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(router.app.delivery.parked(), 0, "lanes left behind");
+    // A record written but not flushed (503) must not stay behind: a restart
+    // would deliver it again, after the sender's later messages.
     assert_eq!(router.app.store.deliveries(DeliveryState::Parked, 0).count(), 0, "outbox records left behind");
+    assert_eq!(
+        router.app.store.deliveries(DeliveryState::Dead, 0).count(),
+        0,
+        "dead letters for unacknowledged messages"
+    );
     assert_counts_match(&router.app.store);
     println!(
         "flapping store: {flips} flips, {store_errors} webhooks refused with 503, {} delivered, {duplicates} duplicates",
