@@ -177,6 +177,15 @@ fn serve(config: Config) -> Result<(), BoxError> {
     for path in &app.secrets.generated {
         tracing::info!("generated a new secret in {}", path.display());
     }
+    // sled may never return from calls blocked on a failed disk, and dropping it
+    // would flush: the watchdog exits without either, and the supervisor
+    // restarts the router. Every acknowledged write was flushed before its
+    // acknowledgement.
+    crate::watchdog::spawn(Arc::clone(&app.store), |error| {
+        tracing::error!(%error, "stopping: the store needs reopening (the supervisor restarts the router)");
+        eprintln!("whatsapp-router: the store stopped taking writes: {error}");
+        std::process::exit(1);
+    })?;
     let config = &app.config;
     match config.runtime {
         RuntimeModel::ThreadPerCore => {

@@ -64,6 +64,13 @@ pub struct Config {
     /// Worker threads: one accept loop each (thread-per-core) or the size of the
     /// shared pool (multi-thread). Never 0: `workers = 0` is resolved to the CPU count.
     pub workers: usize,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request's headers; also how long a
+    /// keep-alive connection may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a whole request body.
+    pub body_read_timeout: Duration,
     pub waha: WahaConfig,
     pub admin: AdminConfig,
     pub forward: ForwardConfig,
@@ -311,6 +318,12 @@ struct RawConfig {
     runtime: String,
     #[serde(default, deserialize_with = "flex_num")]
     workers: usize,
+    #[serde(default = "default_max_connections", deserialize_with = "flex_num")]
+    max_connections: usize,
+    #[serde(default = "default_read_timeout_ms", deserialize_with = "flex_num")]
+    header_read_timeout_ms: u64,
+    #[serde(default = "default_read_timeout_ms", deserialize_with = "flex_num")]
+    body_read_timeout_ms: u64,
     #[serde(default)]
     waha: RawWaha,
     #[serde(default)]
@@ -461,6 +474,12 @@ fn default_runtime() -> String {
 /// Upper bound on `workers`: far above any core count this runs on, low enough
 /// that a typo cannot start thousands of threads.
 const MAX_WORKERS: usize = 256;
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_read_timeout_ms() -> u64 {
+    10_000
+}
 fn default_template() -> String {
     "http://127.0.0.1:9000/tenants/{tenant_id}/whatsapp".into()
 }
@@ -567,6 +586,15 @@ impl RawConfig {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        for (key, value) in [
+            ("max_connections", self.max_connections as u64),
+            ("header_read_timeout_ms", self.header_read_timeout_ms),
+            ("body_read_timeout_ms", self.body_read_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be greater than 0"));
+            }
+        }
         let auto_reply = auto_reply(&self.waha)?;
         let waha = WahaConfig {
             api_key: secret("waha.api_key", self.waha.api_key)?,
@@ -649,6 +677,9 @@ impl RawConfig {
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             runtime,
             workers,
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
             waha,
             admin,
             forward,

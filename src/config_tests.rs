@@ -128,3 +128,17 @@ fn runtime_model_and_workers() {
     let e = load_with(MINIMAL, &[("WHATSAPP_ROUTER_WORKERS", "100000")]).unwrap_err();
     assert_eq!(e.key, "workers");
 }
+
+#[test]
+fn connection_limits_have_defaults_and_refuse_zero() {
+    let c = Config::from_toml(MINIMAL).unwrap();
+    assert_eq!(c.max_connections, 4096);
+    assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.body_read_timeout, Duration::from_secs(10));
+    let c = load_with(MINIMAL, &[("WHATSAPP_ROUTER_HEADER_READ_TIMEOUT_MS", "500")]).unwrap();
+    assert_eq!(c.header_read_timeout, Duration::from_millis(500));
+    for key in ["max_connections", "header_read_timeout_ms", "body_read_timeout_ms"] {
+        let err = Config::from_toml(&format!("{key} = 0\n{MINIMAL}")).unwrap_err();
+        assert_eq!(err.key, key);
+    }
+}

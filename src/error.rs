@@ -39,6 +39,9 @@ pub enum ApiError {
     /// The same message is being delivered by another request; WAHA retries.
     #[error("the same message is being delivered right now; retry shortly")]
     InProgress,
+    /// The client did not send its whole body within `body_read_timeout_ms`.
+    #[error("request body not received in time")]
+    Timeout,
 }
 
 impl From<DeliveryError> for ApiError {
@@ -67,6 +70,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::InProgress => StatusCode::CONFLICT,
+            ApiError::Timeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -79,6 +83,10 @@ impl ApiError {
         let mut resp = json_response(status, &body);
         if let ApiError::MethodNotAllowed(allow) = self {
             resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        if status == StatusCode::REQUEST_TIMEOUT {
+            // The rest of the body may still be on its way: do not wait for it.
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

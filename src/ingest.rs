@@ -43,6 +43,7 @@ pub async fn handle(worker: &Worker, req: Request<Incoming>) -> Response<Full<By
                 ApiError::BadRequest(_) => Outcome::BadRequest,
                 ApiError::Store(_) => Outcome::StoreError,
                 ApiError::InProgress => Outcome::InProgress,
+                // A body that never arrived is a bad request as far as metrics go.
                 _ => Outcome::BadRequest,
             };
             app.metrics.webhook(event, outcome);
@@ -62,7 +63,7 @@ async fn process(
     if !auth::api_key_ok(&parts.headers, app.secrets.waha_api_key.as_ref()) {
         return Err(ApiError::Unauthorized);
     }
-    let body = read_body(&parts.headers, body).await?;
+    let body = read_body(&parts.headers, body, app.config.body_read_timeout).await?;
     if !auth::hmac_ok(&parts.headers, &body, app.secrets.waha_hmac_key.as_ref()) {
         return Err(ApiError::Unauthorized);
     }
@@ -177,14 +178,19 @@ async fn deliver(
 }
 
 /// Reads the body, refusing more than [`MAX_BODY_BYTES`]: at once when
-/// `Content-Length` says so, else as soon as the limit is crossed.
-async fn read_body(headers: &HeaderMap, body: Incoming) -> Result<Bytes, ApiError> {
+/// `Content-Length` says so, else as soon as the limit is crossed. A body that
+/// takes longer than `timeout` in all (a trickle, or chunks that never end) is
+/// a 408: the header timeout alone would let it hold the connection forever.
+async fn read_body(headers: &HeaderMap, body: Incoming, timeout: std::time::Duration) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(ApiError::TooLarge(MAX_BODY_BYTES));
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    let Ok(read) = tokio::time::timeout(timeout, Limited::new(body, MAX_BODY_BYTES).collect()).await else {
+        return Err(ApiError::Timeout);
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(ApiError::TooLarge(MAX_BODY_BYTES)),
         Err(e) => Err(ApiError::BadRequest(format!("could not read body: {e}"))),

@@ -19,6 +19,7 @@
 //! - [`mapping`]: import/export of the prototype's JSON mapping file.
 //! - [`cli`]: the command line; `main.rs` only calls it. [`ops`]: the operations commands.
 //! - [`waha_setup`]: `waha setup`, pointing a WAHA session's webhook at the router.
+//! - [`watchdog`]: restarts the process when sled stops taking writes for good.
 //!
 //! See ARCHITECTURE.md for the invariants.
 
@@ -45,6 +46,7 @@ pub mod sender;
 pub mod server;
 pub mod store;
 pub mod waha_setup;
+pub mod watchdog;
 pub mod webhook;
 
 use std::future::Future;
@@ -101,6 +103,9 @@ pub struct App {
     pub auto_reply: Option<autoreply::AutoReply>,
     /// Set when shutdown starts; `/readyz` answers 503 from then on.
     pub draining: AtomicBool,
+    /// One permit per open connection (`max_connections`), shared by every
+    /// accept loop, so the limit is per process however many loops there are.
+    pub connection_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
@@ -120,6 +125,7 @@ impl App {
             Arc::clone(&metrics),
         )?);
         let auto_reply = config.waha.auto_reply.clone().map(|c| autoreply::AutoReply::new(c, &metrics));
+        let connection_slots = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
         Ok(Arc::new(App {
             auto_reply,
             locks: Locks::new(Arc::clone(&store)),
@@ -130,6 +136,7 @@ impl App {
             registry,
             metrics,
             draining: AtomicBool::new(false),
+            connection_slots,
         }))
     }
 

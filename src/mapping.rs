@@ -103,9 +103,7 @@ pub fn import(reader: impl BufRead, store: &Store, registry: &Registry) -> Resul
             }
         }
     };
-    let mut de = serde_json::Deserializer::from_reader(reader);
-    EntrySeed { apply: &mut apply }.deserialize(&mut de)?;
-    de.end()?;
+    parse_entries(reader, &mut apply)?;
     if let Some(e) = failure {
         return Err(e.into());
     }
@@ -113,6 +111,15 @@ pub fn import(reader: impl BufRead, store: &Store, registry: &Registry) -> Resul
     store.flush()?;
     tracing::info!(%report, "mapping imported");
     Ok(report)
+}
+
+/// Streams the entries of a mapping file to `apply` as (key, tenant if the
+/// value is a non-negative integer or a string of one). Separate from [`import`]
+/// so the parser can be fuzzed without a store.
+pub fn parse_entries(reader: impl io::Read, mut apply: impl FnMut(&str, Option<u64>)) -> Result<(), serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_reader(reader);
+    EntrySeed { apply: &mut apply }.deserialize(&mut de)?;
+    de.end()
 }
 
 /// Writes every lock as a JSON object, one entry per line. Returns the count.

@@ -2,8 +2,12 @@
 //!
 //! A [`Worker`] is what one accept loop serves with: the shared [`App`] plus its
 //! own outbound client. Connections are HTTP/1.1 (what WAHA speaks), with
-//! TCP_NODELAY and a header read timeout. On shutdown the listener is closed
-//! first, `/readyz` turns 503, and in-flight requests get `drain_timeout` to finish.
+//! TCP_NODELAY and a header read timeout that also closes idle keep-alive
+//! connections (hyper runs it whenever a connection waits for a request head).
+//! At most `max_connections` are served at once: one more is answered a canned
+//! 503 and closed, so a flood of idle sockets costs a file descriptor each for a
+//! moment, never a connection task. On shutdown the listener is closed first,
+//! `/readyz` turns 503, and in-flight requests get `drain_timeout` to finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,8 +31,16 @@ use crate::forward::Forwarder;
 use crate::metrics::Route;
 use crate::{admin, ingest, App};
 
-/// How long a client may take to send its request headers.
+/// How long a metrics scraper may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The answer to a connection over `max_connections`, written without hyper.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+connection: close\r\nretry-after: 1\r\ncontent-length: 49\r\n\r\n\
+{\"status\":\"error\",\"error\":\"too many connections\"}";
+
+/// Refused connections being answered at once; past this, more are just closed.
+const MAX_REFUSING: usize = 1024;
 
 /// One accept loop's state: the shared app and a client pool of its own.
 pub struct Worker {
@@ -80,12 +92,15 @@ async fn timed(worker: &Worker, req: Request<Incoming>) -> Response<Full<Bytes>>
 /// task is tracked; none outlives the drain deadline unnoticed.
 pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(worker.app.config.header_read_timeout).keep_alive(true);
     let graceful = GracefulShutdown::new();
     let tracker = TaskTracker::new();
     // Past the drain deadline, connections still open are closed (dropped), so
     // that no task outlives `serve` holding the app (and the database) open.
     let force_close = tokio_util::sync::CancellationToken::new();
+    let slots = Arc::clone(&worker.app.connection_slots);
+    let refusing = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSING));
+    let mut full = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -99,6 +114,23 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
                         continue;
                     }
                 };
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    if !std::mem::replace(&mut full, true) {
+                        tracing::warn!(max = worker.app.config.max_connections, "connection limit reached; refusing with 503");
+                    }
+                    match Arc::clone(&refusing).try_acquire_owned() {
+                        Ok(permit) => {
+                            tracker.spawn(refuse(stream, permit));
+                        }
+                        // Refusing is saturated too: answer what fits in the
+                        // socket buffer (all of it, on a fresh socket) and close.
+                        Err(_) => {
+                            let _ = stream.try_write(BUSY);
+                        }
+                    }
+                    continue;
+                };
+                full = false;
                 let _ = stream.set_nodelay(true);
                 let worker = Arc::clone(&worker);
                 let service = service_fn(move |req| {
@@ -114,6 +146,7 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
                         },
                         () = force_close.cancelled() => {}
                     }
+                    drop(slot);
                 });
             }
             () = &mut shutdown => break,
@@ -130,6 +163,28 @@ pub async fn serve(worker: Arc<Worker>, listener: TcpListener, shutdown: impl Fu
     force_close.cancel();
     tracker.close();
     tracker.wait().await;
+}
+
+/// Answers a connection over the limit with [`BUSY`] and closes it. The request
+/// is read and dropped for a moment first (200 ms at most, so refusing keeps up
+/// with a flood): closing a socket with unread data sends a reset, which can
+/// destroy the 503 before the client reads it.
+async fn refuse(mut stream: tokio::net::TcpStream, _permit: tokio::sync::OwnedSemaphorePermit) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let linger = async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        Ok::<_, std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_millis(200), linger).await;
 }
 
 /// Serves `GET /metrics` on its own listener until `shutdown` resolves, and runs
@@ -176,4 +231,17 @@ pub async fn serve_metrics(app: Arc<App>, listener: TcpListener, shutdown: impl 
     tracker.close();
     // Scrapes are quick; do not let one hold up the exit.
     let _ = tokio::time::timeout(Duration::from_secs(1), tracker.wait()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// The canned 503 must be a well-formed answer: its length header right.
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(super::BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let len: usize = head.split("content-length: ").nth(1).unwrap().parse().unwrap();
+        assert_eq!(len, body.len());
+        assert!(serde_json::from_str::<serde_json::Value>(body).is_ok());
+    }
 }

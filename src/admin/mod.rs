@@ -169,11 +169,15 @@ async fn process(worker: &Worker, req: Request<Incoming>) -> Result<Response<Ful
         (Route::Stats, _) => users::stats(app, &caller),
         (Route::UserTenant(key), _) => users::lookup(app, &caller, key).await,
         (Route::UserMapping(key), Method::DELETE) => users::delete(app, &caller, key).await,
-        (Route::UserMapping(key), _) => users::reassign(app, &caller, key, read_json(req).await?).await,
+        (Route::UserMapping(key), _) => {
+            users::reassign(app, &caller, key, read_json(req, app.config.body_read_timeout).await?).await
+        }
         (Route::Audit, _) => users::audit(app, req.uri().query().unwrap_or("")),
         (Route::Tenants, _) => tenants::list(app),
         (Route::Tenant(id), Method::GET) => tenants::get(app, id),
-        (Route::Tenant(id), Method::PUT) => tenants::put(app, id, read_json(req).await?).await,
+        (Route::Tenant(id), Method::PUT) => {
+            tenants::put(app, id, read_json(req, app.config.body_read_timeout).await?).await
+        }
         (Route::Tenant(id), _) => tenants::delete(app, id).await,
         (Route::TenantLink(id), _) => tenants::link(app, id),
         (Route::TenantQrSvg(id), _) => tenants::qr(app, id, false),
@@ -205,10 +209,11 @@ fn ok(body: serde_json::Value) -> Result<Response<Full<Bytes>>, ApiError> {
 }
 
 /// Reads a small JSON body into `T`; unknown fields and wrong types are 400.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>, timeout: std::time::Duration) -> Result<T, ApiError> {
+    let read = tokio::time::timeout(timeout, Limited::new(req.into_body(), MAX_BODY).collect());
+    let body = read
         .await
+        .map_err(|_| ApiError::Timeout)?
         .map_err(|_| ApiError::BadRequest(format!("body must be JSON under {MAX_BODY} bytes")))?
         .to_bytes();
     let value: serde_json::Value =

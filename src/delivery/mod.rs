@@ -220,6 +220,8 @@ impl Delivery {
             Err(e) if e.is_permanent() => {
                 let status = note_failure(&mut record, &e);
                 if let Err(err) = self.bury_durably(&record).await {
+                    // Not acknowledged: no dead letter for a message WAHA retries.
+                    self.forget(seq, "dead letters", self.store.remove_dead(seq));
                     self.cancel(lane_key, seq);
                     return Err(err.into());
                 }
@@ -249,7 +251,10 @@ impl Delivery {
             Err(e) => Err(e),
         };
         if let Err(e) = written {
-            // Not acknowledged: forget the slot; WAHA retries the webhook.
+            // Not acknowledged: forget the slot and the record (WAHA retries the
+            // webhook under a new seq). A record left in the outbox would be
+            // delivered again after the next restart, behind later messages.
+            self.forget(seq, "outbox", self.store.unpark(seq));
             self.cancel(lane_key, seq);
             return Err(e.into());
         }
@@ -257,6 +262,14 @@ impl Delivery {
         self.stats.parked.fetch_add(1, Ordering::Relaxed);
         self.park_slot(lane_key, seq, record.next_attempt_ms);
         Ok(Accepted::Queued { seq })
+    }
+
+    /// Logs a failed removal of an unacknowledged record (best effort: the
+    /// disk is failing already).
+    fn forget(&self, seq: u64, list: &str, removed: Result<(), StoreError>) {
+        if let Err(e) = removed {
+            tracing::warn!(error = %e, seq, list, "an unacknowledged record stays; a restart may deliver it again");
+        }
     }
 
     async fn bury_durably(&self, record: &DeliveryRecord) -> Result<(), StoreError> {

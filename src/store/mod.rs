@@ -36,6 +36,9 @@ const AUDIT_TREE: &str = "audit";
 /// `p` + sender key + seq, and `t` + tenant + seq: indexes of `audit` for paged filters.
 const AUDIT_INDEX_TREE: &str = "audit_index";
 
+/// The watchdog's marker, in sled's default tree (not in backups).
+const PROBE_KEY: &[u8] = b"watchdog_probe";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("storage error: {0}")]
@@ -209,6 +212,16 @@ impl Store {
         if self.fail_writes.load(Ordering::Relaxed) {
             return Err(StoreError::Sled(sled::Error::Io(std::io::Error::other("injected write failure"))));
         }
+        Ok(())
+    }
+
+    /// Writes and flushes a marker, past the fault injection: whether the disk
+    /// takes writes at all. sled stops taking writes after its first I/O error
+    /// (until the database is reopened), so a failed probe on a disk with room
+    /// again still fails: see `watchdog`.
+    pub fn probe(&self) -> Result<(), StoreError> {
+        self.db.insert(PROBE_KEY, &admin::now_ms().to_be_bytes()[..])?;
+        self.db.flush()?;
         Ok(())
     }
 

@@ -107,6 +107,12 @@ impl Store {
         Ok(())
     }
 
+    /// Removes a dead letter that was never acknowledged (its flush failed).
+    pub fn remove_dead(&self, seq: u64) -> Result<(), StoreError> {
+        self.dead.remove(seq.to_be_bytes())?;
+        Ok(())
+    }
+
     /// Moves a message to the dead letters (from the outbox if it was parked), atomically.
     pub fn bury(&self, record: &DeliveryRecord) -> Result<(), StoreError> {
         self.check_writable()?;

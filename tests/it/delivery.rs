@@ -21,12 +21,12 @@ fn fast(backend: &Backend) -> Setup {
 }
 
 /// Message `n` of a sender, numbered in its text so order can be checked.
-fn numbered(sender: &str, n: usize) -> Bytes {
+pub fn numbered(sender: &str, n: usize) -> Bytes {
     let text = if n == 0 { format!("start_realty_{} seq=0", 1 + sender.len() % 3) } else { format!("seq={n}") };
     message(sender, &text)
 }
 
-fn seq_of(r: &Received) -> usize {
+pub fn seq_of(r: &Received) -> usize {
     let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
     let text = body["payload"]["body"].as_str().unwrap();
     text.rsplit("seq=").next().unwrap().parse().unwrap()
@@ -34,7 +34,7 @@ fn seq_of(r: &Received) -> usize {
 
 /// Every message arrived (unique `webhook-id`s) and each sender's first
 /// arrivals are in order. Returns how many deliveries were duplicates.
-fn check_complete_and_ordered(got: &[Received], senders: &[String], per_sender: usize) -> usize {
+pub fn check_complete_and_ordered(got: &[Received], senders: &[String], per_sender: usize) -> usize {
     let mut seen = HashSet::new();
     let mut order: HashMap<String, Vec<usize>> = HashMap::new();
     let mut duplicates = 0;

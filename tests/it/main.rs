@@ -5,6 +5,7 @@ mod admin;
 mod autoreply;
 mod cli;
 mod delivery;
+mod hardening;
 mod logs;
 mod metrics;
 mod ops;
