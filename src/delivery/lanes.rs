@@ -107,7 +107,7 @@ impl Delivery {
     /// Marks a slot parked; if it is (by now) the head of its lane, schedules
     /// the lane at `due_ms`. The head may have finished while this message was
     /// being written, so "head" is decided here, under the lane's lock.
-    pub(super) fn park_slot(&self, lane_key: u64, seq: u64, due_ms: u64) {
+    pub(super) fn park_slot(&self, lane_key: u64, seq: u64, due_ms: Option<u64>) {
         let is_head = {
             let Some(mut lane) = self.lanes.get_mut(&lane_key) else { return };
             if let Some(slot) = lane.slots.iter_mut().find(|s| s.seq == seq) {
@@ -116,8 +116,8 @@ impl Delivery {
             lane.turn.notify_waiters();
             lane.slots.front().is_some_and(|s| s.seq == seq)
         };
-        if is_head {
-            self.schedule(lane_key, due_ms);
+        if let (true, Some(due)) = (is_head, due_ms) {
+            self.schedule(lane_key, due);
         }
     }
 

@@ -197,17 +197,19 @@ impl Delivery {
         // Inline attempts only go to tenants whose breaker is closed; the
         // half-open trial of a failing tenant is the queue's, so WAHA never
         // waits on a tenant known to be failing.
+        let mut breaker_open = false;
         let permit = match (head, self.tenants.closed_or_retry_at(msg.tenant)) {
             (true, None) => self.tenants.try_slot(msg.tenant),
             (true, Some(at)) => {
                 record.next_attempt_ms = now + at.saturating_duration_since(Instant::now()).as_millis() as u64;
+                breaker_open = true;
                 None
             }
             (false, _) => None,
         };
         let Some(_permit) = permit else {
             // Park behind the lane, or until the breaker lets a trial through.
-            return self.park_new(lane_key, record, claim).await;
+            return self.park_new(lane_key, record, claim, breaker_open).await;
         };
         let result = self.attempt(forwarder, target, &record, self.inline_timeout).await;
         self.record_attempt(msg.tenant, lane_key, &result);
@@ -233,7 +235,7 @@ impl Delivery {
                 note_failure(&mut record, &e);
                 record.attempts = 1;
                 record.next_attempt_ms = now_ms() + self.retry_delay(1, e.retry_after());
-                self.park_new(lane_key, record, claim).await
+                self.park_new(lane_key, record, claim, false).await
             }
         }
     }
@@ -244,6 +246,7 @@ impl Delivery {
         lane_key: u64,
         record: DeliveryRecord,
         claim: Claim<'_>,
+        breaker_open: bool,
     ) -> Result<Accepted, DeliveryError> {
         let seq = record.seq;
         let written = match self.store.park(&record) {
@@ -260,7 +263,14 @@ impl Delivery {
         }
         claim.commit(record.created_ms);
         self.stats.parked.fetch_add(1, Ordering::Relaxed);
-        self.park_slot(lane_key, seq, record.next_attempt_ms);
+        // Behind an open breaker only the tenant's trial lane gets a timer; the
+        // others wait, without one, for the trial to succeed.
+        let due = if breaker_open && !self.tenants.wait_for_breaker(record.tenant, lane_key, Instant::now()) {
+            None
+        } else {
+            Some(record.next_attempt_ms)
+        };
+        self.park_slot(lane_key, seq, due);
         Ok(Accepted::Queued { seq })
     }
 
