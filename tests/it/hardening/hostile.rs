@@ -117,7 +117,9 @@ fn junk_bodies() -> Vec<(&'static str, Vec<u8>, u16)> {
         ("invalid UTF-8", b"{\"event\":\"message\",\"payload\":{\"body\":\"\xff\xfe\xc0\"}}".to_vec(), 400),
         ("NUL in a string", nul, 400),
         ("NUL bytes only", vec![0; 4096], 400),
-        ("over 1 MiB", vec![b' '; 1024 * 1024 + 1], 413),
+        // Bodies over 1 MiB (413, answered before the body is read, so a
+        // client still writing may see a broken pipe) are covered in
+        // `wire::oversized_bodies_are_refused_with_413` over a raw socket.
     ]
 }
 
@@ -342,7 +344,11 @@ async fn idle_connection_flood_is_refused_cleanly() {
         // The held ones and their successors (one generation per 10 s header
         // timeout) close silently; everything else must be refused with a 503.
         assert!(refused > idle / 2, "limit not enforced: {refused} refused, {closed_silently} closed silently");
-        assert!(peak_fds <= fds_before + MAX_CONNECTIONS + REFUSING + 16, "router held {peak_fds} descriptors");
+        // Each accept loop (one per worker thread by default) refuses up to
+        // REFUSING connections at once; the connection limit is shared.
+        let loops = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let bound = fds_before + MAX_CONNECTIONS + REFUSING * loops + 16;
+        assert!(peak_fds <= bound, "router held {peak_fds} descriptors (bound {bound})");
 
         println!(
             "idle flood: {idle} connections opened in {opened_in:?}: {refused} answered 503, {closed_silently} closed \
