@@ -360,10 +360,6 @@ impl Delivery {
     pub fn parked(&self) -> i64 {
         self.stats.parked.load(Ordering::Relaxed)
     }
-
-    pub fn open_breakers(&self) -> usize {
-        self.tenants.open_count()
-    }
 }
 
 /// A dedupe claim: released unless the message was accepted.
